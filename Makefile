@@ -1,0 +1,39 @@
+# sidserve: the two commands are `make demo` and `make test` (see README.md).
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+
+.PHONY: demo test lint install bench-quality clean
+
+demo:
+	@echo "make demo arrives with the gateway (issue 5): train a small indexer on the demo catalog," >&2
+	@echo "export it, serve it and answer a sample query. Not built yet." >&2
+	@exit 2
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+# torch is pinned (2.13.0, CPU wheel on these machines); install it first so that no
+# dependency pulls a CUDA build.
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[train,test]'
+	touch $@
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -q tests
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+bench-quality: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/quality.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
