@@ -1,0 +1,1 @@
+"""Offline side of sidserve: data, models, training and evaluation."""
