@@ -1,0 +1,247 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from training.metrics import (
+    SidIndex,
+    category_ami,
+    code_accuracy,
+    codebook_stats,
+    collision_stats,
+    matched_depth,
+    prefix_features,
+    prefix_score,
+)
+
+# Item table used by several tests (L = 3).
+ITEMS = np.array(
+    [
+        [1, 2, 3],  # 0
+        [1, 2, 4],  # 1
+        [1, 5, 3],  # 2
+        [2, 2, 3],  # 3
+        [1, 2, 3],  # 4 (same path as item 0)
+        [7, 7, 7],  # 5
+    ]
+)
+
+
+# ---------------------------------------------------------------- prefix
+
+
+def test_matched_depth() -> None:
+    queries = np.array([[1, 2, 3], [2, 2, 9]])
+    # Item 0 [1,2,3]: 3 vs q0, 0 vs q1 (first code differs). Item 1 [1,2,4]: 2, 0.
+    # Item 2 [1,5,3]: 1, 0. Item 3 [2,2,3]: 0 vs q0 (2 != 1), 2 vs q1. Item 4: 3, 0.
+    # Item 5: 0, 0. Note item 3 agrees with q0 at levels 2 and 3 but not level 1 -> depth 0.
+    expected = [[3, 0], [2, 0], [1, 0], [0, 2], [3, 0], [0, 0]]
+    np.testing.assert_array_equal(matched_depth(queries, ITEMS), expected)
+
+
+def test_prefix_score_mapping() -> None:
+    # L = 3: 0, 2^-2, 2^-1, 2^0.
+    np.testing.assert_allclose(prefix_score(np.arange(4), 3), [0.0, 0.25, 0.5, 1.0])
+    # L = 2: depth 1 -> 2^-1, depth 2 -> 1.
+    np.testing.assert_allclose(prefix_score(np.array([0, 1, 2]), 2), [0.0, 0.5, 1.0])
+    assert float(prefix_score(2, 4)) == 0.25  # 2^(2-4)
+    assert prefix_score(np.array([1]), 3).dtype == np.float64
+    with pytest.raises(ValueError):
+        prefix_score(np.array([4]), 3)
+
+
+def test_prefix_features_layout() -> None:
+    queries = np.array([[9, 9, 9], [1, 2, 0], [1, 2, 3]])  # K = 3
+    feats = prefix_features(queries, ITEMS)
+    assert feats.shape == (6, 5)
+    # Item 0 [1,2,3]: depths (0, 2, 3) -> scores (0, .5, 1), max 1, best beam rank 2 -> 2/3.
+    np.testing.assert_allclose(feats[0], [0.0, 0.5, 1.0, 1.0, 2 / 3])
+    # Item 1 [1,2,4]: depths (0, 2, 2) -> (0, .5, .5), max .5, first beam with depth 2 is 1 -> 1/3.
+    np.testing.assert_allclose(feats[1], [0.0, 0.5, 0.5, 0.5, 1 / 3])
+    # Item 3 [2,2,3]: no match with any beam -> zeros, max 0, rank feature 1.0.
+    np.testing.assert_allclose(feats[3], [0.0, 0.0, 0.0, 0.0, 1.0])
+    with pytest.raises(ValueError):
+        prefix_features(np.empty((0, 3), dtype=np.int64), ITEMS)
+
+
+# ---------------------------------------------------------------- SidIndex
+
+
+def test_sid_index_prefix_groups_are_sorted() -> None:
+    index = SidIndex(ITEMS)
+    # Items with first code 1: 0, 1, 2, 4; with prefix (1, 2): 0, 1, 4; path (1,2,3): 0, 4.
+    np.testing.assert_array_equal(index.items_with_prefix((1,)), [0, 1, 2, 4])
+    np.testing.assert_array_equal(index.items_with_prefix((1, 2)), [0, 1, 4])
+    np.testing.assert_array_equal(index.items_with_prefix((1, 2, 3)), [0, 4])
+    assert index.items_with_prefix((3,)).size == 0
+
+
+def test_sid_index_rank_order() -> None:
+    index = SidIndex(ITEMS)
+    queries = np.array([[2, 2, 3], [1, 2, 4], [1, 2, 3]])
+    # Best (depth, first beam) per item:
+    #   item 3 [2,2,3]: depth 3 via beam 0          -> (3, 0)
+    #   item 1 [1,2,4]: depth 3 via beam 1          -> (3, 1)
+    #   items 0, 4 [1,2,3]: depth 3 via beam 2      -> (3, 2), index order 0 then 4
+    #   item 2 [1,5,3]: depth 1, first via beam 1   -> (1, 1)
+    #   item 5: no match, excluded.
+    ranked, total = index.rank(queries)
+    np.testing.assert_array_equal(ranked, [3, 1, 0, 4, 2])
+    assert total == 5
+    # min_depth = 2 drops item 2 (depth 1).
+    ranked, total = index.rank(queries, min_depth=2)
+    np.testing.assert_array_equal(ranked, [3, 1, 0, 4])
+    assert total == 4
+    # limit truncates the list but reports the full count.
+    ranked, total = index.rank(queries, limit=2)
+    np.testing.assert_array_equal(ranked, [3, 1])
+    assert total == 5
+
+
+def test_sid_index_depth_beats_beam_rank() -> None:
+    index = SidIndex(ITEMS)
+    # Beam 0 [1,5,0] matches item 2 to depth 2 and items 0,1,4 to depth 1;
+    # beam 1 [1,2,3] matches items 0,4 to depth 3 and item 1 to depth 2.
+    # Keys: 0 -> (3,1), 4 -> (3,1), 2 -> (2,0), 1 -> (2,1). Deeper first, then beam rank.
+    ranked, total = index.rank(np.array([[1, 5, 0], [1, 2, 3]]))
+    np.testing.assert_array_equal(ranked, [0, 4, 2, 1])
+    assert total == 4
+
+
+def test_sid_index_empty_candidates() -> None:
+    index = SidIndex(ITEMS)
+    # Beam [1,9,9] matches items to depth 1 at most; min_depth 2 leaves nothing.
+    ranked, total = index.rank(np.array([[1, 9, 9]]), min_depth=2)
+    assert ranked.size == 0 and total == 0
+    ranked, total = index.rank(np.array([[8, 8, 8]]))
+    assert ranked.size == 0 and total == 0
+    with pytest.raises(ValueError):
+        index.rank(np.array([[1, 2]]))  # wrong number of levels
+    with pytest.raises(ValueError):
+        index.rank(np.array([[1, 2, 3]]), min_depth=4)
+
+
+def _brute_force_rank(
+    queries: np.ndarray, items: np.ndarray, min_depth: int
+) -> tuple[np.ndarray, int]:
+    depth = matched_depth(queries, items)  # (N, K)
+    keys = []
+    for n in range(items.shape[0]):
+        best = int(depth[n].max())
+        if best >= min_depth:
+            first_beam = int(np.flatnonzero(depth[n] == best)[0])
+            keys.append((-best, first_beam, n))
+    keys.sort()
+    return np.array([k[2] for k in keys], dtype=np.int64), len(keys)
+
+
+def test_sid_index_matches_brute_force() -> None:
+    rng = np.random.default_rng(42)
+    items = rng.integers(0, 4, size=(500, 3))
+    index = SidIndex(items)
+    for trial in range(20):
+        queries = rng.integers(0, 4, size=(5, 3))
+        if trial % 4 == 0:
+            queries[3] = queries[1]  # duplicated beam
+        min_depth = 1 + trial % 3
+        expected, expected_total = _brute_force_rank(queries, items, min_depth)
+        ranked, total = index.rank(queries, min_depth=min_depth)
+        assert total == expected_total
+        np.testing.assert_array_equal(ranked, expected)
+        ranked, total = index.rank(queries, min_depth=min_depth, limit=17)
+        np.testing.assert_array_equal(ranked, expected[:17])
+        assert total == expected_total
+
+
+# ---------------------------------------------------------------- sid_quality
+
+
+def test_code_accuracy_partial_agreement() -> None:
+    query_top1 = np.array([[1, 2, 3], [2, 2, 3]])
+    # Pairs: (q0, item 0 [1,2,3]) agrees on 1, 2, 3 levels;
+    #        (q0, item 1 [1,2,4]) agrees on levels 1..2 only;
+    #        (q0, item 2 [1,5,3]) agrees on level 1 only (level 3 match does not count);
+    #        (q1, item 0 [1,2,3]) disagrees at level 1.
+    # l1 = 3/4, l2 = 2/4, l3 = 1/4.
+    acc = code_accuracy(query_top1, ITEMS, np.array([0, 0, 0, 1]), np.array([0, 1, 2, 0]))
+    assert acc == pytest.approx({"l1_code_acc": 0.75, "l2_code_acc": 0.5, "l3_code_acc": 0.25})
+    with pytest.raises(ValueError):
+        code_accuracy(query_top1, ITEMS, np.array([], dtype=int), np.array([], dtype=int))
+
+
+def test_codebook_stats() -> None:
+    # Level 1 codes: 1,1,1,2,1,7 -> 3 distinct of 8; p = (4/6, 1/6, 1/6).
+    # Level 2 codes: 2,2,5,2,2,7 -> 3 distinct of 8; p = (4/6, 1/6, 1/6).
+    # Level 3 codes: 3,4,3,3,3,7 -> 3 distinct of 10; p = (4/6, 1/6, 1/6).
+    # Entropy H = -(2/3 ln 2/3 + 2 * 1/6 ln 1/6) = 0.8675632; perplexity exp(H) = 2.3811016.
+    stats = codebook_stats(ITEMS, [8, 8, 10])
+    h = -(2 / 3 * np.log(2 / 3) + 2 * (1 / 6) * np.log(1 / 6))
+    assert stats["l1_utilisation"] == pytest.approx(3 / 8)
+    assert stats["l3_utilisation"] == pytest.approx(3 / 10)
+    assert stats["l2_perplexity"] == pytest.approx(np.exp(h))
+    assert stats["l2_perplexity"] == pytest.approx(2.3811016, abs=1e-6)
+    # Uniform over 4 codes -> perplexity 4, utilisation 4/4.
+    uniform = codebook_stats(np.arange(4).reshape(4, 1), [4])
+    assert uniform == pytest.approx({"l1_utilisation": 1.0, "l1_perplexity": 4.0})
+    with pytest.raises(ValueError):
+        codebook_stats(ITEMS, [8, 8])
+    with pytest.raises(ValueError):
+        codebook_stats(ITEMS, [8, 8, 5])  # code 7 at level 3 does not fit in 5
+
+
+def test_collision_stats_small_table() -> None:
+    table = np.array(
+        [
+            [0, 0, 0],
+            [0, 0, 0],
+            [0, 0, 0],
+            [0, 0, 1],
+            [0, 1, 1],
+            [0, 1, 1],
+            [2, 0, 0],
+        ]
+    )
+    # Paths: (0,0,0) x3, (0,0,1) x1, (0,1,1) x2, (2,0,0) x1 -> 4 leaves.
+    # Items on a shared path: 3 + 2 = 5 of 7; largest leaf holds 3.
+    stats = collision_stats(table)
+    assert stats["collision_rate"] == pytest.approx(5 / 7)
+    assert stats["max_items_per_leaf"] == 3
+    assert stats["n_leaves"] == 4
+    unique = collision_stats(np.array([[0, 0], [0, 1], [1, 0]]))
+    assert unique == {"collision_rate": 0.0, "max_items_per_leaf": 1, "n_leaves": 3}
+    with pytest.raises(ValueError):
+        collision_stats(np.empty((0, 3), dtype=int))
+
+
+# ---------------------------------------------------------------- category
+
+
+def test_category_ami_perfect_and_unrelated() -> None:
+    rng = np.random.default_rng(7)
+    n = 600
+    top = rng.integers(0, 4, size=n)
+    sub = rng.integers(0, 3, size=n)
+    sids = np.column_stack([top, sub, rng.integers(0, 5, size=n)])
+    names = ["Toys", "Books", "Garden", "Tools"]
+    level1 = [names[t] for t in top]
+    # Level-2 category determined by the (code1, code2) path: one-to-one with it.
+    level2: list[str | None] = [f"{names[t]} > Sub{s}" for t, s in zip(top, sub, strict=True)]
+    level2[0] = None  # one item without a level-2 category
+    ami = category_ami(sids, [level1, level2])
+    assert ami["ami_l1"] == pytest.approx(1.0)
+    assert ami["ami_l2"] == pytest.approx(1.0)
+    assert ami["ami_l1_items"] == n
+    assert ami["ami_l2_items"] == n - 1
+    assert "ami_l3" not in ami  # only two label levels given
+
+    # Categories drawn independently of the codes: AMI close to 0.
+    unrelated = [names[c] for c in rng.integers(0, 4, size=n)]
+    assert abs(category_ami(sids, [unrelated])["ami_l1"]) < 0.02
+
+
+def test_category_ami_skips_sparse_levels() -> None:
+    sids = np.array([[0, 0], [0, 1], [1, 0]])
+    # Level 2 has a single labelled item -> skipped.
+    ami = category_ami(sids, [["A", "A", "B"], [None, "A > x", None]])
+    assert ami["ami_l1"] == pytest.approx(1.0)
+    assert "ami_l2" not in ami and "ami_l2_items" not in ami

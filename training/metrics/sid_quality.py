@@ -1,0 +1,89 @@
+"""Quality statistics of semantic IDs: code accuracy, codebook usage and leaf collisions."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = ["code_accuracy", "codebook_stats", "collision_stats"]
+
+
+def _as_sids(sids: np.ndarray, name: str) -> np.ndarray:
+    arr = np.asarray(sids)
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (rows, levels), got shape {arr.shape}")
+    return arr
+
+
+def code_accuracy(
+    query_top1: np.ndarray,
+    item_sids: np.ndarray,
+    pair_query: np.ndarray,
+    pair_item: np.ndarray,
+) -> dict[str, float]:
+    """Share of relevant (query, item) pairs whose SIDs agree on levels 1..d, for d = 1..L.
+
+    ``query_top1`` is ``(Q, L)`` (each query's top-1 SID), ``item_sids`` is ``(N, L)``, and
+    ``pair_query`` / ``pair_item`` are aligned index arrays of the relevant pairs. Returns
+    ``l{d}_code_acc`` for every level. Raises ValueError when there are no pairs.
+    """
+    q = _as_sids(query_top1, "query_top1")
+    it = _as_sids(item_sids, "item_sids")
+    if q.shape[1] != it.shape[1]:
+        raise ValueError(f"query_top1 has {q.shape[1]} levels but item_sids has {it.shape[1]}")
+    pq = np.asarray(pair_query, dtype=np.int64).ravel()
+    pi = np.asarray(pair_item, dtype=np.int64).ravel()
+    if pq.shape != pi.shape:
+        raise ValueError(f"pair_query ({pq.size}) and pair_item ({pi.size}) differ in length")
+    if pq.size == 0:
+        raise ValueError("code_accuracy needs at least one relevant pair")
+    agree = np.cumprod(q[pq] == it[pi], axis=1, dtype=np.int64)  # (P, L): prefix agreement
+    acc = agree.mean(axis=0)
+    return {f"l{d}_code_acc": float(acc[d - 1]) for d in range(1, q.shape[1] + 1)}
+
+
+def codebook_stats(item_sids: np.ndarray, codebook_sizes: Sequence[int]) -> dict[str, float]:
+    """Per-level codebook usage over items.
+
+    For each level d (1-based): ``l{d}_utilisation`` = distinct codes used / codebook size, and
+    ``l{d}_perplexity`` = exp(entropy in nats) of the empirical code distribution. Raises
+    ValueError on no items, a size list not matching L, or codes outside 0..size-1.
+    """
+    sids = _as_sids(item_sids, "item_sids")
+    n_items, levels = sids.shape
+    if len(codebook_sizes) != levels:
+        raise ValueError(f"got {len(codebook_sizes)} codebook sizes for {levels} levels")
+    if n_items == 0:
+        raise ValueError("codebook_stats needs at least one item")
+    out: dict[str, float] = {}
+    for d in range(1, levels + 1):
+        size = int(codebook_sizes[d - 1])
+        codes = sids[:, d - 1]
+        if size < 1 or codes.min() < 0 or codes.max() >= size:
+            raise ValueError(f"level {d}: codes must lie in 0..{size - 1}")
+        _, counts = np.unique(codes, return_counts=True)
+        p = counts / n_items
+        entropy = float(-(p * np.log(p)).sum())
+        out[f"l{d}_utilisation"] = counts.size / size
+        out[f"l{d}_perplexity"] = float(np.exp(entropy))
+    return out
+
+
+def collision_stats(item_sids: np.ndarray) -> dict[str, float]:
+    """Sharing of full L-level paths between items.
+
+    ``collision_rate`` = share of items whose path is shared with at least one other item;
+    ``max_items_per_leaf`` = largest number of items on one path; ``n_leaves`` = distinct paths.
+    Raises ValueError when there are no items.
+    """
+    sids = _as_sids(item_sids, "item_sids")
+    n_items = sids.shape[0]
+    if n_items == 0:
+        raise ValueError("collision_stats needs at least one item")
+    _, counts = np.unique(sids, axis=0, return_counts=True)
+    return {
+        "collision_rate": float(counts[counts > 1].sum() / n_items),
+        "max_items_per_leaf": int(counts.max()),
+        "n_leaves": int(counts.size),
+    }

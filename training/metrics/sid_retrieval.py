@@ -1,0 +1,104 @@
+"""Retrieval of items by semantic-ID prefix match against a query's beams."""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["SidIndex"]
+
+
+class SidIndex:
+    """Prefix index over item SIDs for beam-based retrieval.
+
+    Built once from ``item_sids`` ``(N, L)``: for every depth d in 1..L it maps each prefix (the
+    tuple of the first d codes) to the sorted int64 array of the items carrying that prefix.
+    """
+
+    def __init__(self, item_sids: np.ndarray) -> None:
+        sids = np.asarray(item_sids)
+        if sids.ndim != 2 or sids.shape[1] < 1:
+            raise ValueError(f"item_sids must be 2-D (N, L) with L >= 1, got shape {sids.shape}")
+        if sids.size and not np.issubdtype(sids.dtype, np.integer):
+            raise ValueError(f"item_sids must hold integer codes, got dtype {sids.dtype}")
+        self.n_items, self.levels = sids.shape
+        self.prefixes: list[dict[tuple[int, ...], np.ndarray]] = []
+        for d in range(1, self.levels + 1):
+            self.prefixes.append(self._group(sids[:, :d]))
+
+    @staticmethod
+    def _group(prefix: np.ndarray) -> dict[tuple[int, ...], np.ndarray]:
+        n = prefix.shape[0]
+        if n == 0:
+            return {}
+        # lexsort is stable, so items of one prefix stay in ascending index order.
+        order = np.lexsort(prefix.T[::-1]).astype(np.int64)
+        ordered = prefix[order]
+        change = np.any(ordered[1:] != ordered[:-1], axis=1)
+        starts = np.concatenate(([0], np.flatnonzero(change) + 1))
+        stops = np.concatenate((starts[1:], [n]))
+        keys = ordered[starts].tolist()
+        return {
+            tuple(key): order[a:b]
+            for key, a, b in zip(keys, starts.tolist(), stops.tolist(), strict=True)
+        }
+
+    def items_with_prefix(self, prefix: tuple[int, ...]) -> np.ndarray:
+        """Sorted item indices whose SID starts with ``prefix`` (1 <= len(prefix) <= L)."""
+        if not 1 <= len(prefix) <= self.levels:
+            raise ValueError(f"prefix length must lie in 1..{self.levels}, got {len(prefix)}")
+        found = self.prefixes[len(prefix) - 1].get(tuple(int(c) for c in prefix))
+        return found if found is not None else np.empty(0, dtype=np.int64)
+
+    def rank(
+        self, query_sids: np.ndarray, min_depth: int = 1, limit: int | None = None
+    ) -> tuple[np.ndarray, int]:
+        """Rank the items matching a query's beams by prefix depth.
+
+        ``query_sids`` is ``(K, L)`` in beam rank order. Candidates are the items whose matched
+        depth with at least one beam is >= ``min_depth``, ordered by (maximum matched depth over
+        beams, deeper first; rank of the first beam reaching that depth, lower first; item
+        index, lower first). Returns (the ordered int64 item indices, truncated to ``limit`` when
+        given; the number of candidates before truncation). Only the K * L prefixes of the
+        beams are looked up.
+        """
+        q = np.asarray(query_sids)
+        if q.ndim != 2 or q.shape[1] != self.levels:
+            raise ValueError(f"query_sids must be (K, {self.levels}), got shape {q.shape}")
+        if not 1 <= min_depth <= self.levels:
+            raise ValueError(f"min_depth must lie in 1..{self.levels}, got {min_depth}")
+        if limit is not None and limit < 0:
+            raise ValueError(f"limit must be >= 0 or None, got {limit}")
+
+        beams = q.tolist()
+        parts: list[np.ndarray] = []
+        depths: list[np.ndarray] = []
+        ranks: list[np.ndarray] = []
+        # Deepest level first, beams in rank order: the first time an item is seen gives its key.
+        for d in range(self.levels, min_depth - 1, -1):
+            table = self.prefixes[d - 1]
+            seen: set[tuple[int, ...]] = set()
+            for r, beam in enumerate(beams):
+                key = tuple(beam[:d])
+                if key in seen:
+                    continue
+                seen.add(key)
+                found = table.get(key)
+                if found is None:
+                    continue
+                parts.append(found)
+                depths.append(np.full(found.size, d, dtype=np.int64))
+                ranks.append(np.full(found.size, r, dtype=np.int64))
+        if not parts:
+            return np.empty(0, dtype=np.int64), 0
+
+        items = np.concatenate(parts)
+        item_depth = np.concatenate(depths)
+        item_rank = np.concatenate(ranks)
+        # np.unique's index is the first occurrence, i.e. the item's best (depth, rank) pair.
+        unique_items, first = np.unique(items, return_index=True)
+        order = np.lexsort((unique_items, item_rank[first], -item_depth[first]))
+        ranked = unique_items[order].astype(np.int64)
+        total = int(ranked.size)
+        if limit is not None:
+            ranked = ranked[:limit]
+        return ranked, total
