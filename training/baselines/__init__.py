@@ -1,0 +1,1 @@
+"""Baselines that the semantic indexer is measured against: BM25, dense, two-stage SIDs."""

@@ -1,0 +1,124 @@
+"""The "in-domain BERT" baseline: all-MiniLM-L6-v2 fine-tuned on train-split query-product pairs
+with a symmetric in-batch InfoNCE loss. A batch never holds the same product or the same
+(normalised) query twice, so no in-batch negative is secretly a positive.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from training.data import normalise_query
+from training.encoder import TextEncoder
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "finetune.json"
+
+
+@dataclass
+class FinetuneConfig:
+    epochs: int = 1
+    batch_size: int = 64
+    lr: float = 5e-5
+    warmup: float = 0.1
+    temperature: float = 0.05
+    max_length: int = 32
+    seed: int = 0
+
+
+def unique_batches(
+    pairs: Sequence[tuple[str, int]], batch_size: int, rng: random.Random
+) -> list[list[int]]:
+    """Shuffle pair indices into batches with no repeated item and no repeated query."""
+    pending = list(range(len(pairs)))
+    rng.shuffle(pending)
+    batches: list[list[int]] = []
+    while pending:
+        batch: list[int] = []
+        items: set[int] = set()
+        queries: set[str] = set()
+        deferred: list[int] = []
+        for i in pending:
+            query, item = pairs[i]
+            key = normalise_query(query)
+            if len(batch) < batch_size and item not in items and key not in queries:
+                batch.append(i)
+                items.add(item)
+                queries.add(key)
+            else:
+                deferred.append(i)
+        batches.append(batch)
+        pending = deferred
+    return batches
+
+
+def finetune(
+    pairs: Sequence[tuple[str, int]],
+    item_texts: Sequence[str],
+    out_dir: str | Path,
+    cfg: FinetuneConfig | None = None,
+    base_dir: str | Path | None = None,
+) -> list[float]:
+    """Fine-tune on (query, item index) pairs; writes an HF model directory (safetensors).
+
+    Returns the loss of every step (also summarised in finetune.json).
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    cfg = cfg or FinetuneConfig()
+    if not pairs:
+        raise ValueError("no training pairs: the train split has no relevant query-product pair")
+    torch.manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
+    enc = TextEncoder(base_dir, max_length=cfg.max_length)
+    model = enc.model
+    model.train()
+    epochs = [unique_batches(pairs, cfg.batch_size, rng) for _ in range(cfg.epochs)]
+    total = sum(len(e) for e in epochs)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+    warm = max(1, int(total * cfg.warmup))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm)))
+    )
+    bar = tqdm(total=total, desc="dense-ft", unit="batch")
+    ema = None
+    history: list[float] = []
+    for batches in epochs:
+        for batch in batches:
+            q = enc.pool(enc.tokenize([pairs[i][0] for i in batch]), model)
+            d = enc.pool(enc.tokenize([item_texts[pairs[i][1]] for i in batch]), model)
+            logits = q @ d.T / cfg.temperature
+            target = torch.arange(len(batch))
+            loss = (
+                torch.nn.functional.cross_entropy(logits, target)
+                + torch.nn.functional.cross_entropy(logits.T, target)
+            ) / 2
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            history.append(loss.item())
+            ema = history[-1] if ema is None else 0.95 * ema + 0.05 * history[-1]
+            bar.update(1)
+            bar.set_postfix(loss=f"{ema:.3f}")
+    bar.close()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    enc.tokenizer.save_pretrained(out)
+    summary = {
+        **asdict(cfg),
+        "pairs": len(pairs),
+        "steps": total,
+        "first_loss": history[0],
+        "last_loss_ema": ema,
+    }
+    (out / CONFIG_FILE).write_text(json.dumps(summary, indent=2))
+    log.info("dense-ft: %d steps, final loss %.4f, saved to %s", total, ema or 0.0, out)
+    return history
