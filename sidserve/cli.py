@@ -1,0 +1,43 @@
+"""The `sidserve` command: a table of subcommands, each imported only when it runs."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+# name -> (module with configure(parser) and run(args) -> exit code, one-line help)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "evaluate": ("training.evaluate", "measure a method on a catalog and judgments"),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="sidserve", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (_, text) in SUBCOMMANDS.items():
+        sub.add_parser(name, help=text, add_help=False)
+    # resolve the subcommand first so only its module (and its dependencies) gets imported
+    known, _ = parser.parse_known_args(argv)
+    module = importlib.import_module(SUBCOMMANDS[known.command][0])
+    full = argparse.ArgumentParser(prog="sidserve", description=__doc__)
+    full.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    subs = full.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (_, text) in SUBCOMMANDS.items():
+        p = subs.add_parser(name, help=text, description=text)
+        if name == known.command:
+            module.configure(p)
+    args = full.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return int(module.run(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,193 @@
+"""Every evaluable method behind one interface: rank items for queries, and (SID methods) give
+items semantic codes and queries their top-K catalog paths.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from training.data import Catalog, QuerySet
+from training.encoder import TextEncoder, cache_dir, texts_digest
+from training.metrics import SidIndex
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalContext:
+    """What a method may use: the catalog, train pairs, off-the-shelf embeddings, options."""
+
+    catalog: Catalog
+    queries: QuerySet | None
+    train_pairs: list[tuple[str, int]]
+    encoder: TextEncoder
+    item_emb: np.ndarray
+    query_emb: np.ndarray | None
+    checkpoint: Path | None = None
+    levels: int = 3
+    codebook_size: int = 256
+    beam: int = 10
+    depth: int = 100
+    min_depth: int = 1
+    seed: int = 0
+
+
+@dataclass
+class MethodResult:
+    ranked: list[np.ndarray] | None = None  # per evaluated query: item indices, best first
+    item_sids: np.ndarray | None = None  # (N, L) semantic codes
+    query_sids: list[np.ndarray] | None = None  # per query: (K, L) beams, best first
+    codebook_sizes: list[int] | None = None
+    candidates: np.ndarray | None = None  # per query: candidate-set size before truncation
+    timings: dict[str, float] = field(default_factory=dict)
+    info: dict[str, object] = field(default_factory=dict)
+
+
+def _need_queries(ctx: EvalContext, method: str) -> QuerySet:
+    if ctx.queries is None or ctx.query_emb is None:
+        raise ValueError(f"method {method!r} ranks products for queries: pass --judgments")
+    return ctx.queries
+
+
+def _bm25(ctx: EvalContext) -> MethodResult:
+    from training.baselines.bm25 import BM25Retriever
+
+    queries = _need_queries(ctx, "bm25")
+    t = time.perf_counter()
+    bm25 = BM25Retriever(ctx.catalog.texts)
+    t_fit = time.perf_counter() - t
+    t = time.perf_counter()
+    ranked = bm25.rank(queries.texts, ctx.depth)
+    return MethodResult(
+        ranked=ranked, timings={"index_s": t_fit, "queries_s": time.perf_counter() - t}
+    )
+
+
+def _dense(ctx: EvalContext) -> MethodResult:
+    from training.baselines.dense import dense_rank
+
+    _need_queries(ctx, "dense")
+    t = time.perf_counter()
+    ranked = dense_rank(ctx.query_emb, ctx.item_emb, ctx.depth)  # type: ignore[arg-type]
+    return MethodResult(ranked=ranked, timings={"queries_s": time.perf_counter() - t})
+
+
+def _digest(*parts: object) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def _dense_ft(ctx: EvalContext) -> MethodResult:
+    from training.baselines.dense import dense_rank
+    from training.baselines.dense_ft import FinetuneConfig, finetune
+
+    queries = _need_queries(ctx, "dense-ft")
+    cfg = FinetuneConfig(seed=ctx.seed)
+    timings: dict[str, float] = {}
+    model_dir = ctx.checkpoint
+    if model_dir is None:  # trained on this train split, kept in the cache keyed by its inputs
+        key = _digest(
+            cfg.__dict__, ctx.encoder.fingerprint, texts_digest(ctx.catalog.texts), ctx.train_pairs
+        )
+        model_dir = cache_dir() / "dense-ft" / key
+    if not (model_dir / "model.safetensors").is_file():
+        t = time.perf_counter()
+        finetune(ctx.train_pairs, ctx.catalog.texts, model_dir, cfg)
+        timings["train_s"] = time.perf_counter() - t
+    enc = TextEncoder(model_dir, max_length=ctx.encoder.max_length)
+    t = time.perf_counter()
+    items = enc.encode_cached(ctx.catalog.texts, "items")
+    timings["encode_items_s"] = time.perf_counter() - t
+    q = enc.encode_cached(queries.texts, "queries")
+    t = time.perf_counter()
+    ranked = dense_rank(q, items, ctx.depth)
+    timings["queries_s"] = time.perf_counter() - t
+    return MethodResult(ranked=ranked, timings=timings, info={"model_dir": str(model_dir)})
+
+
+def _sid_method(
+    ctx: EvalContext,
+    item_sids: np.ndarray,
+    paths: Callable[[np.ndarray], np.ndarray],
+    codebook_sizes: list[int],
+    timings: dict[str, float],
+) -> MethodResult:
+    """Shared tail of every SID method: query beams, then prefix-match retrieval."""
+    from tqdm.auto import tqdm
+
+    result = MethodResult(item_sids=item_sids, codebook_sizes=codebook_sizes, timings=timings)
+    if ctx.queries is None or ctx.query_emb is None:
+        return result
+    t = time.perf_counter()
+    result.query_sids = [paths(q) for q in tqdm(ctx.query_emb, desc="query SIDs", unit="query")]
+    timings["query_sids_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    index = SidIndex(item_sids)
+    ranked, sizes = [], []
+    for beams in result.query_sids:
+        order, count = index.rank(beams, min_depth=ctx.min_depth, limit=ctx.depth)
+        ranked.append(order)
+        sizes.append(count)
+    timings["sid_retrieval_s"] = time.perf_counter() - t
+    result.ranked, result.candidates = ranked, np.asarray(sizes)
+    return result
+
+
+def _hkmeans(ctx: EvalContext) -> MethodResult:
+    from training.baselines.hkmeans import HierarchicalKMeans
+
+    hk = HierarchicalKMeans(ctx.levels, ctx.codebook_size, ctx.seed)
+    t = time.perf_counter()
+    codes = hk.fit(ctx.item_emb)
+    timings = {"fit_s": time.perf_counter() - t}
+    return _sid_method(
+        ctx, codes, lambda q: hk.query_paths(q, ctx.beam)[0], hk.codebook_sizes, timings
+    )
+
+
+def _rqvae(ctx: EvalContext) -> MethodResult:
+    from training.baselines.rqvae import CONFIG_FILE, RQVAE, RQVAEConfig
+    from training.sids import Trie
+
+    cfg = RQVAEConfig(
+        in_dim=ctx.item_emb.shape[1],
+        levels=ctx.levels,
+        codebook_size=ctx.codebook_size,
+        seed=ctx.seed,
+    )
+    model_dir = ctx.checkpoint or cache_dir() / "rqvae" / _digest(
+        cfg.__dict__, ctx.encoder.fingerprint, texts_digest(ctx.catalog.texts)
+    )
+    timings: dict[str, float] = {}
+    if (model_dir / CONFIG_FILE).is_file():
+        model = RQVAE.load(model_dir)
+    else:
+        model = RQVAE(cfg)
+        t = time.perf_counter()
+        info = model.fit(ctx.item_emb)
+        timings["fit_s"] = time.perf_counter() - t
+        model.save(model_dir)
+        log.info("rqvae: %s, saved to %s", info, model_dir)
+    codes = model.codes(ctx.item_emb)
+    model.trie = Trie(codes)
+    result = _sid_method(
+        ctx, codes, lambda q: model.query_paths(q, ctx.beam)[0], model.codebook_sizes, timings
+    )
+    result.info["model_dir"] = str(model_dir)
+    return result
+
+
+METHODS: dict[str, Callable[[EvalContext], MethodResult]] = {
+    "bm25": _bm25,
+    "dense": _dense,
+    "dense-ft": _dense_ft,
+    "hkmeans": _hkmeans,
+    "rqvae": _rqvae,
+}
