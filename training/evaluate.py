@@ -13,16 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
+from training.cli_args import add_data_arguments, load_inputs
 from training.data import (
     DataError,
     QuerySet,
     category_levels,
     group_by_query,
-    load_catalog,
-    load_judgments,
     split_by_query,
 )
-from training.data.judgments import DEFAULT_DEV_FRACTION, RELEVANT_THRESHOLD
 from training.methods import METHODS, EvalContext, MethodResult
 from training.metrics import (
     category_ami,
@@ -40,8 +38,7 @@ log = logging.getLogger(__name__)
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", required=True, choices=sorted(METHODS))
-    parser.add_argument("--catalog", required=True, type=Path, help="products CSV (gzip or plain)")
-    parser.add_argument("--judgments", type=Path, help="query,product,relevance CSV")
+    add_data_arguments(parser, judgments_required=False)
     parser.add_argument(
         "--checkpoint",
         type=Path,
@@ -54,27 +51,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default="dev",
         help="which by-query side of --judgments to evaluate (default: dev)",
     )
-    parser.add_argument("--dev-fraction", type=float, default=DEFAULT_DEV_FRACTION)
-    parser.add_argument(
-        "--threshold",
-        type=float,
-        default=RELEVANT_THRESHOLD,
-        help="relevance >= this counts as relevant (default: 2.5)",
-    )
-    g = parser.add_argument_group("columns")
-    g.add_argument("--id-column", default="product_uid")
-    g.add_argument("--title-column", default="title")
-    g.add_argument(
-        "--description-column",
-        default="description",
-        help="used when a title is empty; '' for none",
-    )
-    g.add_argument("--category-column", help="category path ('A > B > C') for AMI metrics")
-    g.add_argument("--query-column", default="query")
-    g.add_argument(
-        "--judgment-id-column", help="product id column of --judgments (default: --id-column)"
-    )
-    g.add_argument("--relevance-column", default="relevance")
     s = parser.add_argument_group("semantic IDs")
     s.add_argument("--levels", type=int, default=3)
     s.add_argument("--codebook-size", type=int, default=256)
@@ -159,13 +135,7 @@ def evaluate(args: argparse.Namespace) -> dict:
 
     _check(args)
     started = time.perf_counter()
-    catalog = load_catalog(
-        args.catalog,
-        id_column=args.id_column,
-        title_column=args.title_column,
-        description_column=args.description_column or None,
-        category_column=args.category_column,
-    )
+    catalog, judgments = load_inputs(args)
     queries: QuerySet | None = None
     train_pairs: list[tuple[str, int]] = []
     data: dict[str, object] = {
@@ -173,14 +143,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         "items": len(catalog),
         "catalog_report": catalog.report,
     }
-    if args.judgments:
-        judgments = load_judgments(
-            args.judgments,
-            catalog,
-            query_column=args.query_column,
-            id_column=args.judgment_id_column or args.id_column,
-            relevance_column=args.relevance_column,
-        )
+    if judgments is not None:
         train, dev = split_by_query(judgments, args.dev_fraction)
         chosen = {"dev": dev, "train": train, "all": judgments}[args.split]
         if len(chosen) == 0:

@@ -112,21 +112,27 @@ def _dense_ft(ctx: EvalContext) -> MethodResult:
     return MethodResult(ranked=ranked, timings=timings, info={"model_dir": str(model_dir)})
 
 
+def _per_query(ctx: EvalContext, paths: Callable[[np.ndarray], np.ndarray]) -> list[np.ndarray]:
+    """Top-K paths of every evaluated query from its off-the-shelf embedding."""
+    from tqdm.auto import tqdm
+
+    assert ctx.query_emb is not None
+    return [paths(q) for q in tqdm(ctx.query_emb, desc="query SIDs", unit="query")]
+
+
 def _sid_method(
     ctx: EvalContext,
     item_sids: np.ndarray,
-    paths: Callable[[np.ndarray], np.ndarray],
+    query_paths: Callable[[], list[np.ndarray]],
     codebook_sizes: list[int],
     timings: dict[str, float],
 ) -> MethodResult:
     """Shared tail of every SID method: query beams, then prefix-match retrieval."""
-    from tqdm.auto import tqdm
-
     result = MethodResult(item_sids=item_sids, codebook_sizes=codebook_sizes, timings=timings)
-    if ctx.queries is None or ctx.query_emb is None:
+    if ctx.queries is None:
         return result
     t = time.perf_counter()
-    result.query_sids = [paths(q) for q in tqdm(ctx.query_emb, desc="query SIDs", unit="query")]
+    result.query_sids = query_paths()
     timings["query_sids_s"] = time.perf_counter() - t
     t = time.perf_counter()
     index = SidIndex(item_sids)
@@ -148,7 +154,11 @@ def _hkmeans(ctx: EvalContext) -> MethodResult:
     codes = hk.fit(ctx.item_emb)
     timings = {"fit_s": time.perf_counter() - t}
     return _sid_method(
-        ctx, codes, lambda q: hk.query_paths(q, ctx.beam)[0], hk.codebook_sizes, timings
+        ctx,
+        codes,
+        lambda: _per_query(ctx, lambda q: hk.query_paths(q, ctx.beam)[0]),
+        hk.codebook_sizes,
+        timings,
     )
 
 
@@ -178,10 +188,72 @@ def _rqvae(ctx: EvalContext) -> MethodResult:
     codes = model.codes(ctx.item_emb)
     model.trie = Trie(codes)
     result = _sid_method(
-        ctx, codes, lambda q: model.query_paths(q, ctx.beam)[0], model.codebook_sizes, timings
+        ctx,
+        codes,
+        lambda: _per_query(ctx, lambda q: model.query_paths(q, ctx.beam)[0]),
+        model.codebook_sizes,
+        timings,
     )
     result.info["model_dir"] = str(model_dir)
     return result
+
+
+def _load_indexer(ctx: EvalContext, method: str):
+    """(model, item token states) of the checkpoint in --checkpoint."""
+    from training.indexer.checkpoint import load_checkpoint
+    from training.indexer.states import cached_states
+
+    if ctx.checkpoint is None:
+        raise ValueError(f"method {method!r} needs --checkpoint (a `sidserve train` output)")
+    model, tokenizer, _, doc = load_checkpoint(ctx.checkpoint)
+    if doc.get("levels_trained", model.cfg.levels) < model.cfg.levels:
+        raise ValueError(
+            f"{ctx.checkpoint}: only {doc['levels_trained']} of "
+            f"{model.cfg.levels} levels are trained"
+        )
+    fp = doc["base_fingerprint"]
+    items = cached_states(
+        model, tokenizer, ctx.catalog.texts, model.cfg.max_item_tokens, fp, "items"
+    )
+
+    def queries():
+        assert ctx.queries is not None
+        return cached_states(
+            model, tokenizer, ctx.queries.texts, model.cfg.max_query_tokens, fp, "queries"
+        )
+
+    return model, items, queries
+
+
+def _indexer(ctx: EvalContext) -> MethodResult:
+    """SID retrieval with the semantic indexer: greedy item codes, trie-constrained beams."""
+    from training.indexer.inference import greedy_codes, query_beams
+    from training.sids import Trie
+
+    model, items, queries = _load_indexer(ctx, "indexer")
+    t = time.perf_counter()
+    codes = greedy_codes(model, items)
+    timings = {"assign_s": time.perf_counter() - t}
+    sizes = [model.cfg.codebook_size] * model.cfg.levels
+
+    def paths() -> list[np.ndarray]:
+        return [p for p, _ in query_beams(model, queries(), Trie(codes), ctx.beam)]
+
+    return _sid_method(ctx, codes, paths, sizes, timings)
+
+
+def _indexer_dense(ctx: EvalContext) -> MethodResult:
+    """Dense retrieval with the indexer's own (step-1) representation."""
+    from training.baselines.dense import dense_rank
+    from training.indexer.inference import dense_representations
+
+    _need_queries(ctx, "indexer-dense")
+    model, items, queries = _load_indexer(ctx, "indexer-dense")
+    t = time.perf_counter()
+    ranked = dense_rank(
+        dense_representations(model, queries()), dense_representations(model, items), ctx.depth
+    )
+    return MethodResult(ranked=ranked, timings={"encode_and_rank_s": time.perf_counter() - t})
 
 
 METHODS: dict[str, Callable[[EvalContext], MethodResult]] = {
@@ -190,4 +262,6 @@ METHODS: dict[str, Callable[[EvalContext], MethodResult]] = {
     "dense-ft": _dense_ft,
     "hkmeans": _hkmeans,
     "rqvae": _rqvae,
+    "indexer": _indexer,
+    "indexer-dense": _indexer_dense,
 }
