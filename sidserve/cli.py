@@ -8,9 +8,12 @@ import logging
 import sys
 from collections.abc import Sequence
 
-# name -> (module with configure(parser) and run(args) -> exit code, one-line help)
+# name -> (module with configure(parser) and run(args) -> exit code, one-line help).
+# A ValueError or FileNotFoundError from run() is bad input: one line on stderr, exit 2.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("training.train", "train the semantic indexer on a catalog and judgments"),
     "evaluate": ("training.evaluate", "measure a method on a catalog and judgments"),
+    "assign": ("training.assign", "write the item -> SID table of a catalog"),
 }
 
 
@@ -36,7 +39,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    return int(module.run(args))
+    try:
+        return int(module.run(args))
+    except (ValueError, FileNotFoundError) as exc:  # bad input (DataError is a ValueError)
+        print(f"sidserve {args.command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

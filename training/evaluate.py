@@ -6,7 +6,6 @@ import argparse
 import json
 import logging
 import platform
-import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -215,11 +214,7 @@ def format_table(report: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        report = evaluate(args)
-    except (DataError, ValueError, FileNotFoundError) as exc:
-        print(f"sidserve evaluate: error: {exc}", file=sys.stderr)
-        return 2
+    report = evaluate(args)
     print(format_table(report))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
