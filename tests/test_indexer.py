@@ -1,0 +1,145 @@
+"""The semantic indexer on a toy set: real training, real properties."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import write_csv
+from tests.indexer_toy import tiny_config, toy_rows
+from training.data import load_catalog, load_judgments
+from training.encoder import minilm_path
+from training.indexer.checkpoint import load_checkpoint, save_checkpoint
+from training.indexer.inference import greedy_codes, query_beams
+from training.indexer.losses import code_kl, multi_positive_nce
+from training.indexer.model import SemanticIndexer
+from training.indexer.sampling import PairData, make_batches, near_duplicate_key
+from training.indexer.states import compute_states
+from training.indexer.trainer import Trainer
+from training.sids import Trie, disambiguate
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    from transformers import AutoTokenizer
+
+    tmp = tmp_path_factory.mktemp("toy")
+    products, judgments = toy_rows()
+    cat = load_catalog(write_csv(tmp / "p.csv", ["product_uid", "title", "description"], products))
+    j = load_judgments(
+        write_csv(tmp / "j.csv", ["query", "product_uid", "relevance"], judgments), cat
+    )
+    cfg = tiny_config()
+    torch.manual_seed(0)
+    model = SemanticIndexer(cfg)
+    tok = AutoTokenizer.from_pretrained(minilm_path())
+    pairs = PairData.from_judgments(j, cfg.positive_threshold)
+    items = compute_states(model, tok, cat.texts, cfg.max_item_tokens, progress=False)
+    queries = compute_states(model, tok, pairs.query_texts, cfg.max_query_tokens, progress=False)
+    return dict(cat=cat, model=model, tok=tok, pairs=pairs, items=items, queries=queries, tmp=tmp)
+
+
+@pytest.fixture(scope="module")
+def trained(toy):
+    """Train level 1, record what the model says, then level 2."""
+    t = Trainer(toy["model"], toy["items"], toy["queries"], toy["pairs"])
+    first = t.run_epochs(0, 1.0, main=False, desc="a")
+    second = t.run_epochs(0, 1.0, main=False, desc="b")
+    cfg = t.cfg
+    t.init_codebook(0)
+    t.run_epochs(0, cfg.epochs_per_level[0], main=True, desc="l1")
+    t.assign_level(0)
+    level1 = t.state.codes[:, 0].copy()
+    t.init_codebook(1)
+    t.run_epochs(1, cfg.epochs_per_level[1], main=True, desc="l2")
+    t.assign_level(1)
+    return dict(trainer=t, level1=level1, first=first, second=second)
+
+
+def test_contrastive_loss_decreases(trained):
+    assert trained["second"]["nce"] < trained["first"]["nce"]
+
+
+def test_commitment_keeps_level1_while_level2_trains(toy, trained):
+    # the stored level-1 codes never move, and the model still predicts them after level 2
+    t = trained["trainer"]
+    assert np.array_equal(t.state.codes[:, 0], trained["level1"])
+    again = greedy_codes(toy["model"], toy["items"])
+    assert (again[:, 0] == trained["level1"]).mean() >= 0.95
+
+
+def test_sids_unique_after_disambiguation_and_deterministic(toy, trained):
+    codes = greedy_codes(toy["model"], toy["items"])
+    full = disambiguate(codes)
+    assert len(np.unique(full, axis=0)) == len(full)
+    assert np.array_equal(codes, greedy_codes(toy["model"], toy["items"]))
+    # the same text always gets the same SID, wherever it stands in the catalog
+    texts = [toy["cat"].texts[5], toy["cat"].texts[0], toy["cat"].texts[5]]
+    st = compute_states(
+        toy["model"], toy["tok"], texts, toy["model"].cfg.max_item_tokens, progress=False
+    )
+    c = greedy_codes(toy["model"], st)
+    assert np.array_equal(c[0], c[2]) and np.array_equal(c[0], codes[5])
+
+
+def test_title_as_query_shares_level1_and_uses_codes(toy, trained):
+    codes = greedy_codes(toy["model"], toy["items"])
+    assert len(np.unique(codes[:, 0])) >= 3  # not collapsed onto one or two codes
+    st = compute_states(
+        toy["model"],
+        toy["tok"],
+        toy["cat"].texts,
+        toy["model"].cfg.max_query_tokens,
+        progress=False,
+    )
+    beams = query_beams(toy["model"], st, Trie(codes), beam=5)
+    top1 = np.stack([p[0] for p, _ in beams])
+    assert (top1[:, 0] == codes[:, 0]).mean() >= 0.9
+    existing = {tuple(r) for r in codes.tolist()}
+    for paths, scores in beams:
+        assert all(tuple(p) in existing for p in paths.tolist())
+        assert np.all(np.diff(scores) <= 1e-9) and np.all(scores <= 0)
+
+
+def test_checkpoint_round_trip(toy, trained, tmp_path):
+    model = toy["model"]
+    codes = trained["trainer"].state.codes
+    save_checkpoint(tmp_path / "ck", model, toy["tok"], codes, {"base_fingerprint": "x"})
+    again, _, saved_codes, doc = load_checkpoint(tmp_path / "ck")
+    assert np.array_equal(saved_codes, codes) and doc["indexer"]["levels"] == 2
+    assert np.array_equal(greedy_codes(again, toy["items"]), greedy_codes(model, toy["items"]))
+    doc["format_version"] = 99
+    (tmp_path / "ck" / "indexer.json").write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match="checkpoint format 99"):
+        load_checkpoint(tmp_path / "ck")
+
+
+def test_batches_hold_distinct_items_and_no_near_duplicate_queries(toy):
+    import random
+
+    pairs = toy["pairs"]
+    prefix = np.arange(len(toy["cat"]))[:, None] % 3
+    for b in make_batches(pairs, 16, 2, random.Random(0), prefix, group_size=4):
+        assert len(set(b.items)) == len(b.items)
+        keys = [near_duplicate_key(pairs.query_texts[q]) for q in b.queries]
+        assert len(set(keys)) == len(keys)
+        assert all(b.positive[n, pos] for n, pos in enumerate(b.query_item))
+        # grouped: runs of up to 4 items share their prefix
+        assert prefix[b.items[0], 0] == prefix[b.items[1], 0]
+    assert near_duplicate_key("Drill  cordless") == near_duplicate_key("cordless drill")
+
+
+def test_losses_on_hand_made_inputs():
+    q = torch.eye(3)
+    d = torch.eye(3)
+    pos = torch.eye(3, dtype=torch.bool)
+    # perfectly aligned unit vectors: the loss is small, and worse when positives are shuffled
+    good = multi_positive_nce(q, d, pos, 0.05)
+    bad = multi_positive_nce(q, d.flip(0), pos, 0.05)
+    assert good < 1e-3 < bad
+    logits = torch.tensor([[2.0, 0.0, -1.0]])
+    assert code_kl(logits, logits) == pytest.approx(0.0, abs=1e-7)
+    assert code_kl(logits, logits.flip(1)) > 0.5

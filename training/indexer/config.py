@@ -1,0 +1,67 @@
+"""Every knob of the semantic indexer and its training, with the defaults that are reported."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+
+@dataclass
+class IndexerConfig:
+    # --- model
+    levels: int = 3  # semantic levels; a disambiguation level is added on top at assignment
+    codebook_size: int = 256
+    trainable_layers: int = 2  # top MiniLM layers fine-tuned; the lower ones are frozen+cached
+    decoder_layers: int = 2
+    decoder_heads: int = 6
+    decoder_ff: int = 1536
+    dropout: float = 0.1
+    max_query_tokens: int = 32
+    max_item_tokens: int = 48
+    code_temperature: float = 0.1  # softmax temperature of code logits (cosine to codebook)
+    # --- losses (GSID 2.2)
+    temperature: float = 0.05  # InfoNCE
+    kl_weight: float = 1.0
+    commit_weight: float = 1.0
+    # --- data and sampling
+    positive_threshold: float = 2.5  # a judged pair at or above this grade is a positive
+    queries_per_item: int = 2  # multi-query sampling
+    hard_negatives: bool = True  # from level 2 on, batches of groups sharing a prefix
+    group_size: int = 8  # items per shared-prefix group in a hard-negative batch
+    batch_items: int = 64
+    # --- schedule
+    warmup_epochs: float = 0.5  # contrastive-only before each level's codebook is made
+    epochs_per_level: list[float] = field(default_factory=lambda: [2.0, 1.5, 1.5])
+    lr: float = 5e-5  # encoder layers
+    head_lr: float = 5e-4  # decoder
+    ema_decay: float = 0.99
+    dead_code_threshold: float = 0.03  # EMA count below which a code is re-seeded
+    codebook_init: str = "kmeans"  # "kmeans" (LMIndexer) or "random" (items' reps)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.levels < 1 or self.codebook_size < 2:
+            raise ValueError("levels must be >= 1 and codebook_size >= 2")
+        if len(self.epochs_per_level) != self.levels:
+            raise ValueError(
+                f"epochs_per_level has {len(self.epochs_per_level)} entries, "
+                f"one per level is needed ({self.levels})"
+            )
+        if not 0 <= self.trainable_layers <= 6:
+            raise ValueError("trainable_layers must be within 0..6 (MiniLM has 6)")
+        if self.codebook_init not in ("kmeans", "random"):
+            raise ValueError("codebook_init must be 'kmeans' or 'random'")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> IndexerConfig:
+        """A JSON file with any subset of the fields; unknown keys are an error."""
+        raw = json.loads(Path(path).read_text())
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ValueError(f"{path}: unknown config key(s): {', '.join(unknown)}")
+        return cls(**raw)

@@ -1,0 +1,256 @@
+"""Progressive training of the semantic indexer, one level at a time (GSID 2.2).
+
+For level T: a contrastive-only warm-up at step T; the level's codebook is initialised by
+k-means of the step-T representations of the catalog (LMIndexer) and then follows them by EMA;
+the main phase adds the code KL at every level <= T and the commitment cross-entropy at every
+level < T; finally every catalog item is assigned its level-T code, which is fixed from then on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from training.indexer.losses import code_kl, commitment, multi_positive_nce
+from training.indexer.model import SemanticIndexer
+from training.indexer.sampling import Batch, PairData, make_batches
+from training.indexer.states import TokenStates
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Ablation:
+    """Switches for the ablation table; all on is the reported model."""
+
+    kl: bool = True
+    hard_negatives: bool = True
+    multi_query: bool = True
+    commitment: bool = True
+
+
+@dataclass
+class TrainState:
+    codes: np.ndarray  # (N, levels) item codes; -1 where a level is not trained yet
+    history: list[dict] = field(default_factory=list)
+
+
+def batched(n: int, size: int) -> list[range]:
+    return [range(s, min(n, s + size)) for s in range(0, n, size)]
+
+
+@torch.no_grad()
+def step_representations(
+    model: SemanticIndexer,
+    states: TokenStates,
+    prefix: np.ndarray,
+    batch_size: int = 256,
+    rows: Sequence[int] | None = None,
+    desc: str = "represent",
+) -> torch.Tensor:
+    """(n, t+1, D) decoder representations of texts `rows` given their t-code prefixes."""
+    from tqdm.auto import tqdm
+
+    rows = list(range(len(states))) if rows is None else list(rows)
+    was = model.training
+    model.eval()
+    out = []
+    for chunk in tqdm(batched(len(rows), batch_size), desc=desc, leave=False):
+        idx = [rows[i] for i in chunk]
+        lower, mask = states.batch(idx)
+        memory = model.encode(lower, mask)
+        out.append(model.decode(memory, mask, torch.from_numpy(prefix[idx])))
+    model.train(was)
+    return torch.cat(out)
+
+
+def kmeans_init(model: SemanticIndexer, level: int, reps: torch.Tensor, seed: int) -> None:
+    from sklearn.cluster import KMeans
+
+    k = model.cfg.codebook_size
+    x = reps.numpy()
+    if model.cfg.codebook_init == "kmeans" and len(x) > k:
+        km = KMeans(k, n_init=1, max_iter=50, random_state=seed).fit(x)
+        centres = torch.from_numpy(km.cluster_centers_.astype(np.float32))
+    else:
+        rng = np.random.default_rng(seed)
+        centres = torch.from_numpy(x[rng.choice(len(x), k, replace=len(x) < k)])
+    model.set_codebook(level, centres)
+
+
+def code_stats(codes: np.ndarray, k: int) -> dict[str, float]:
+    counts = np.bincount(codes, minlength=k)
+    p = counts[counts > 0] / counts.sum()
+    return {
+        "utilisation": float((counts > 0).mean()),
+        "perplexity": float(np.exp(-(p * np.log(p)).sum())),
+    }
+
+
+class Trainer:
+    def __init__(
+        self,
+        model: SemanticIndexer,
+        item_states: TokenStates,
+        query_states: TokenStates,
+        pairs: PairData,
+        ablation: Ablation | None = None,
+        log_path: Path | None = None,
+        dev_eval=None,
+    ):
+        self.model, self.cfg = model, model.cfg
+        self.items, self.queries, self.pairs = item_states, query_states, pairs
+        self.ab = ablation or Ablation()
+        self.log_path = log_path
+        self.dev_eval = dev_eval  # callable(model, codes, level) -> dict, for reporting
+        self.rng = random.Random(self.cfg.seed)
+        self.gen = torch.Generator().manual_seed(self.cfg.seed)
+        torch.manual_seed(self.cfg.seed)
+        head = [
+            p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("upper.")
+        ]
+        self.opt = torch.optim.AdamW(
+            [
+                {"params": list(model.upper.parameters()), "lr": self.cfg.lr},
+                {"params": head, "lr": self.cfg.head_lr},
+            ],
+            weight_decay=0.01,
+        )
+        self.state = TrainState(codes=np.full((len(item_states), self.cfg.levels), -1, np.int64))
+
+    # ---- one batch
+    def loss(self, batch: Batch, level: int, main: bool) -> tuple[torch.Tensor, dict[str, float]]:
+        """Loss at 0-based `level`; `main` adds the KL at `level` and the EMA update."""
+        m, cfg, codes = self.model, self.cfg, self.state.codes
+        items = np.asarray(batch.items)
+        prefix_items = torch.from_numpy(codes[items, :level])
+        lower, mask = self.items.batch(batch.items)
+        h_d = m.decode(m.encode(lower, mask), mask, prefix_items)  # (B, level+1, D)
+        lower, mask = self.queries.batch(batch.queries)
+        q_item = torch.tensor(batch.query_item)
+        h_q = m.decode(m.encode(lower, mask), mask, prefix_items[q_item])
+        positive = torch.from_numpy(batch.positive)
+        parts: dict[str, torch.Tensor] = {
+            "nce": multi_positive_nce(h_q[:, level], h_d[:, level], positive, cfg.temperature)
+        }
+        kl_levels = range(level + 1 if main else level)
+        if self.ab.kl and len(kl_levels):
+            parts["kl"] = (
+                cfg.kl_weight
+                * sum(
+                    code_kl(m.code_logits(h_q[:, t], t), m.code_logits(h_d[q_item, t], t))
+                    for t in kl_levels
+                )
+                / len(kl_levels)
+            )
+        if self.ab.commitment and level > 0:
+            fixed = torch.from_numpy(codes[items, :level])
+            parts["commit"] = (
+                cfg.commit_weight
+                * sum(
+                    commitment(m.code_logits(h_d[:, t], t), fixed[:, t])
+                    + commitment(m.code_logits(h_q[:, t], t), fixed[q_item, t])
+                    for t in range(level)
+                )
+                / level
+            )
+        if main:
+            m.ema_update(level, h_d[:, level].detach(), self.gen)
+        total = sum(parts.values())
+        return total, {k: float(v.detach()) for k, v in parts.items()}
+
+    def run_epochs(self, level: int, epochs: float, main: bool, desc: str) -> dict[str, float]:
+        from tqdm.auto import tqdm
+
+        cfg = self.cfg
+        prefix = self.state.codes[:, :level] if (self.ab.hard_negatives and level > 0) else None
+        per_item = cfg.queries_per_item if self.ab.multi_query else 1
+        steps = []
+        while len(steps) < 1 or sum(len(s) for s in steps) < epochs * len(steps[0]):
+            steps.append(
+                make_batches(
+                    self.pairs, cfg.batch_items, per_item, self.rng, prefix, cfg.group_size
+                )
+            )
+        first = len(steps[0])
+        flat = [b for s in steps for b in s][: max(1, math.ceil(epochs * first))]
+        self.model.train()
+        sums: dict[str, float] = {}
+        bar = tqdm(flat, desc=desc, unit="batch")
+        for n, batch in enumerate(bar, 1):
+            total, parts = self.loss(batch, level, main)
+            self.opt.zero_grad()
+            total.backward()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+            self.opt.step()
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v
+            bar.set_postfix({k: f"{v / n:.3f}" for k, v in sums.items()})
+        return {k: v / len(flat) for k, v in sums.items()}
+
+    # ---- assignment
+    def assign_level(self, level: int) -> dict[str, float]:
+        reps = step_representations(
+            self.model, self.items, self.state.codes[:, :level], desc=f"assign level {level + 1}"
+        )
+        codes = self.model.code_logits(reps[:, level], level).argmax(-1).numpy()
+        self.state.codes[:, level] = codes
+        return code_stats(codes, self.cfg.codebook_size)
+
+    def init_codebook(self, level: int, sample: int = 20000) -> None:
+        rows = np.random.default_rng(self.cfg.seed + level).permutation(len(self.items))[:sample]
+        reps = step_representations(
+            self.model,
+            self.items,
+            self.state.codes[:, :level],
+            rows=rows.tolist(),
+            desc=f"init codebook {level + 1}",
+        )
+        kmeans_init(self.model, level, reps[:, level], self.cfg.seed + level)
+
+    def record(self, entry: dict) -> None:
+        entry["time"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        self.state.history.append(entry)
+        log.info("%s", json.dumps(entry))
+        if self.log_path:
+            with self.log_path.open("a") as f:
+                f.write(json.dumps(entry) + "\n")
+
+    def train(self, on_level_done=None) -> TrainState:
+        cfg = self.cfg
+        for level in range(cfg.levels):
+            t0 = time.perf_counter()
+            warm = (
+                self.run_epochs(
+                    level, cfg.warmup_epochs, main=False, desc=f"level {level + 1} warm-up"
+                )
+                if cfg.warmup_epochs
+                else {}
+            )
+            self.init_codebook(level)
+            main = self.run_epochs(
+                level, cfg.epochs_per_level[level], main=True, desc=f"level {level + 1}"
+            )
+            stats = self.assign_level(level)
+            entry = {
+                "level": level + 1,
+                "warmup": warm,
+                "main": main,
+                **{f"l{level + 1}_{k}": v for k, v in stats.items()},
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
+            if self.dev_eval is not None:
+                entry["dev"] = self.dev_eval(self.model, self.state.codes, level)
+            self.record(entry)
+            if on_level_done is not None:
+                on_level_done(self.state)
+        return self.state
