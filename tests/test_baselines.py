@@ -100,3 +100,23 @@ def test_finetune_lowers_the_in_batch_loss(tmp_path):
     assert np.mean(losses[-2:]) < losses[0]
     assert (tmp_path / "ft" / "model.safetensors").is_file()
     assert (tmp_path / "ft" / "finetune.json").is_file()
+
+
+def test_dsirm_contrastive_rqvae_aligns_queries_with_their_items():
+    from training.baselines.rqvae import dsirm_config
+
+    x, truth = _blobs(seed=2)
+    rng = np.random.default_rng(0)
+    # a query sits near its item, but shifted: the quantiser must learn to bridge them
+    shift = rng.normal(size=x.shape[1]).astype(np.float32)
+    queries = x + shift + rng.normal(size=x.shape).astype(np.float32) * 0.3
+    pairs = np.stack([np.arange(len(x)), np.arange(len(x))], axis=1)
+    cfg = dsirm_config(in_dim=16, hidden=[32], latent=8, levels=2, codebook_size=4, epochs=40,
+                       batch_size=32, lr=3e-3, pair_batch=32)
+    model = RQVAE(cfg)
+    info = model.fit(x, queries, pairs)
+    assert np.isfinite(info["nce_loss"]) and info["nce_loss"] < np.log(32)
+    items, qs = model.codes(x), model.codes(queries)
+    assert (items[:, 0] == qs[:, 0]).mean() > 0.8
+    with np.testing.assert_raises(ValueError):
+        RQVAE(cfg).fit(x)

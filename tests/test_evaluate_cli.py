@@ -33,7 +33,7 @@ def test_bm25_and_dense_find_the_obvious_products(tmp_path, tiny_catalog, tiny_j
     assert 0.0 <= dense["ndcg@10"] <= 1.0
 
 
-@pytest.mark.parametrize("method", ["hkmeans", "rqvae"])
+@pytest.mark.parametrize("method", ["hkmeans", "rqvae", "dsirm"])
 def test_sid_methods_report_sid_quality(tmp_path, tiny_catalog, tiny_judgments, method):
     m = _evaluate(
         tmp_path,

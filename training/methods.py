@@ -162,29 +162,44 @@ def _hkmeans(ctx: EvalContext) -> MethodResult:
     )
 
 
-def _rqvae(ctx: EvalContext) -> MethodResult:
-    from training.baselines.rqvae import CONFIG_FILE, RQVAE, RQVAEConfig
+def _quantiser(ctx: EvalContext, contrastive: bool) -> MethodResult:
+    """RQ-VAE (`rqvae`) or DSIRM's contrastive RQ-VAE trained on the train pairs (`dsirm`)."""
+    from training.baselines.rqvae import CONFIG_FILE, RQVAE, RQVAEConfig, dsirm_config
     from training.sids import Trie
 
-    cfg = RQVAEConfig(
+    shape = dict(
         in_dim=ctx.item_emb.shape[1],
         levels=ctx.levels,
         codebook_size=ctx.codebook_size,
         seed=ctx.seed,
     )
-    model_dir = ctx.checkpoint or cache_dir() / "rqvae" / _digest(
-        cfg.__dict__, ctx.encoder.fingerprint, texts_digest(ctx.catalog.texts)
-    )
+    cfg = dsirm_config(**shape) if contrastive else RQVAEConfig(**shape)
+    name = "dsirm" if contrastive else "rqvae"
+    key = [cfg.__dict__, ctx.encoder.fingerprint, texts_digest(ctx.catalog.texts)]
+    if contrastive:
+        if not ctx.train_pairs:
+            raise ValueError(
+                "method 'dsirm' learns from queries: pass --judgments with a "
+                "train side that has relevant pairs"
+            )
+        key.append(ctx.train_pairs)
+    model_dir = ctx.checkpoint or cache_dir() / name / _digest(*key)
     timings: dict[str, float] = {}
     if (model_dir / CONFIG_FILE).is_file():
         model = RQVAE.load(model_dir)
     else:
         model = RQVAE(cfg)
+        queries = pairs = None
+        if contrastive:
+            texts = sorted({q for q, _ in ctx.train_pairs})
+            row = {q: n for n, q in enumerate(texts)}
+            queries = ctx.encoder.encode_cached(texts, "queries")
+            pairs = np.array([(row[q], i) for q, i in ctx.train_pairs], dtype=np.int64)
         t = time.perf_counter()
-        info = model.fit(ctx.item_emb)
+        info = model.fit(ctx.item_emb, queries, pairs)
         timings["fit_s"] = time.perf_counter() - t
         model.save(model_dir)
-        log.info("rqvae: %s, saved to %s", info, model_dir)
+        log.info("%s: %s, saved to %s", name, info, model_dir)
     codes = model.codes(ctx.item_emb)
     model.trie = Trie(codes)
     result = _sid_method(
@@ -196,6 +211,14 @@ def _rqvae(ctx: EvalContext) -> MethodResult:
     )
     result.info["model_dir"] = str(model_dir)
     return result
+
+
+def _rqvae(ctx: EvalContext) -> MethodResult:
+    return _quantiser(ctx, contrastive=False)
+
+
+def _dsirm(ctx: EvalContext) -> MethodResult:
+    return _quantiser(ctx, contrastive=True)
 
 
 def _load_indexer(ctx: EvalContext, method: str):
@@ -262,6 +285,7 @@ METHODS: dict[str, Callable[[EvalContext], MethodResult]] = {
     "dense-ft": _dense_ft,
     "hkmeans": _hkmeans,
     "rqvae": _rqvae,
+    "dsirm": _dsirm,
     "indexer": _indexer,
     "indexer-dense": _indexer_dense,
 }

@@ -1,4 +1,4 @@
-"""RQ-VAE semantic IDs (TIGER-style) over fixed embeddings.
+"""RQ-VAE semantic IDs (TIGER-style) over fixed embeddings, and DSIRM's contrastive variant.
 
 An MLP autoencoder whose latent is quantised by L residual codebooks, trained with
 reconstruction + codebook + commitment losses and a straight-through estimator. Against
@@ -6,6 +6,10 @@ codebook collapse: each level's codebook is initialised by k-means of that level
 and codes left unused for an epoch are reset to residuals drawn from the current batch.
 Queries are encoded by the same encoder; their top-K SIDs come from a beam search over the
 residual levels, restricted to paths that exist in the catalog.
+
+DSIRM (`nce_weight` > 0): the same quantiser is shared by queries and items and also trained
+with an in-batch InfoNCE between the quantised (straight-through) query and item latents of
+relevant pairs; DSIRM weighs InfoNCE / commitment / reconstruction 1.0 / 1.0 / 0.1.
 """
 
 from __future__ import annotations
@@ -37,6 +41,16 @@ class RQVAEConfig:
     batch_size: int = 1024
     lr: float = 1e-3
     seed: int = 0
+    recon_weight: float = 1.0
+    commit_weight: float = 1.0
+    nce_weight: float = 0.0  # > 0: DSIRM's query-bridged contrastive RQ-VAE
+    temperature: float = 0.07
+    pair_batch: int = 256
+
+
+def dsirm_config(**kw) -> RQVAEConfig:
+    """DSIRM's weights: InfoNCE 1.0, commitment 1.0, reconstruction 0.1."""
+    return RQVAEConfig(**{"nce_weight": 1.0, "commit_weight": 1.0, "recon_weight": 0.1, **kw})
 
 
 def _build(cfg: RQVAEConfig):
@@ -87,7 +101,7 @@ def _build(cfg: RQVAEConfig):
                 quantised = quantised + chosen
             z_q = z + (quantised - z).detach()  # straight-through
             recon = ((self.decoder(z_q) - x) ** 2).sum(dim=1).mean()
-            return recon, vq_loss, codes
+            return recon, vq_loss, codes, z_q
 
     return RQVAE()
 
@@ -126,12 +140,24 @@ class RQVAE:
                 book.copy_(centres)
                 residual = residual - centres[labels]
 
-    def fit(self, x_np: np.ndarray) -> dict[str, float]:
+    def fit(
+        self,
+        x_np: np.ndarray,
+        queries: np.ndarray | None = None,
+        pairs: np.ndarray | None = None,
+    ) -> dict[str, float]:
+        """Train on item vectors x; with `nce_weight` > 0 also on (query row, item row) pairs
+        of relevant query vectors `queries`."""
         import torch
         from tqdm.auto import tqdm
 
+        cfg = self.cfg
+        contrastive = cfg.nce_weight > 0
+        if contrastive and (queries is None or pairs is None or len(pairs) == 0):
+            raise ValueError("the contrastive RQ-VAE needs query vectors and relevant pairs")
         torch.manual_seed(self.cfg.seed)
         x = torch.from_numpy(np.asarray(x_np, dtype=np.float32))
+        qx = torch.from_numpy(np.asarray(queries, dtype=np.float32)) if contrastive else None
         gen = torch.Generator().manual_seed(self.cfg.seed)
         self._kmeans_init(x[torch.randperm(len(x), generator=gen)[:20000]])
         opt = torch.optim.AdamW(self.module.parameters(), lr=self.cfg.lr)
@@ -142,8 +168,11 @@ class RQVAE:
             perm = torch.randperm(len(x), generator=gen)
             for start in range(0, len(x), self.cfg.batch_size):
                 batch = x[perm[start : start + self.cfg.batch_size]]
-                recon, vq, codes = self.module(batch)
-                loss = recon + vq
+                recon, vq, codes, _ = self.module(batch)
+                loss = cfg.recon_weight * recon + cfg.commit_weight * vq
+                if contrastive:
+                    nce, vq_q = self._pair_nce(qx, x, pairs, gen)
+                    loss = loss + cfg.nce_weight * nce + cfg.commit_weight * vq_q
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -152,10 +181,27 @@ class RQVAE:
             resets += self._reset_dead(used, x, gen)
             bar.set_postfix(recon=f"{recon.item():.4f}", vq=f"{vq.item():.4f}", resets=resets)
         return {
+            **({"nce_loss": float(nce.item())} if contrastive else {}),
             "recon_loss": float(recon.item()),
             "vq_loss": float(vq.item()),
             "dead_code_resets": float(resets),
         }
+
+    def _pair_nce(self, qx, x, pairs: np.ndarray, gen):
+        """In-batch InfoNCE between quantised latents of sampled relevant pairs (distinct items
+        per batch); returns (loss, the queries' commitment loss)."""
+        import torch
+        from torch.nn import functional as F
+
+        pick = torch.randint(len(pairs), (self.cfg.pair_batch,), generator=gen).numpy()
+        _, first = np.unique(pairs[pick, 1], return_index=True)  # one pair per item
+        chosen = pairs[pick[first]]
+        _, vq_q, _, zq_q = self.module(qx[chosen[:, 0]])
+        _, _, _, zq_d = self.module(x[chosen[:, 1]])
+        logits = F.normalize(zq_q, dim=-1) @ F.normalize(zq_d, dim=-1).T / self.cfg.temperature
+        target = torch.arange(len(chosen))
+        nce = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+        return nce, vq_q
 
     def _reset_dead(self, used, x, gen) -> int:
         """Move codes unused during the epoch onto residuals of a random batch at that level."""
