@@ -1,4 +1,5 @@
-"""`sidserve train`: train the semantic indexer on a catalog and its judgments.
+"""`sidserve train`: train the semantic indexer on a catalog and its judgments, or, with
+`--self-supervised`, on a catalog alone (LMIndexer).
 
 It makes its own by-query dev split of the judgments (for reporting per level), trains on the
 train side, and writes a checkpoint directory after every level, so an interrupted run keeps
@@ -11,6 +12,7 @@ import argparse
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +24,12 @@ log = logging.getLogger(__name__)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    add_data_arguments(parser, judgments_required=True)
+    add_data_arguments(parser, judgments_required=False)
+    parser.add_argument(
+        "--self-supervised",
+        action="store_true",
+        help="no judgments: learn codes by reconstructing masked titles",
+    )
     parser.add_argument("--out", required=True, type=Path, help="checkpoint directory to write")
     parser.add_argument(
         "--config", type=Path, help="JSON file overriding IndexerConfig fields (docs/indexer.md)"
@@ -49,23 +56,80 @@ def dev_evaluator(dev_states, dev_pairs: tuple[np.ndarray, np.ndarray]):
     return evaluate
 
 
-def train(args: argparse.Namespace) -> Path:
+@dataclass
+class Setup:
+    """What both training modes share: the model, its tokenizer, the item token states."""
+
+    model: object
+    tokenizer: object
+    fingerprint: str
+    item_states: object
+    started: float = 0.0
+
+    def states(self, texts: list[str], max_length: int, kind: str):
+        from training.indexer.states import cached_states
+
+        return cached_states(self.model, self.tokenizer, texts, max_length, self.fingerprint, kind)
+
+    def checkpointer(self, out: Path, meta: dict):
+        """The callback that writes the checkpoint after each finished level."""
+        from training.indexer.checkpoint import save_checkpoint
+
+        def write(state) -> None:
+            done = int((state.codes >= 0).all(0).sum())
+            seconds = round(time.perf_counter() - self.started, 1)
+            save_checkpoint(
+                out,
+                self.model,
+                self.tokenizer,
+                state.codes,
+                {**meta, "levels_trained": done, "train_seconds": seconds},
+            )
+
+        return write
+
+
+def setup(cfg, catalog, out: Path) -> tuple[Setup, Path, dict]:
+    import torch
     from transformers import AutoTokenizer
 
-    from training.data import group_by_query
     from training.encoder import file_digest, minilm_path
-    from training.indexer.checkpoint import save_checkpoint
-    from training.indexer.config import IndexerConfig
     from training.indexer.model import SemanticIndexer
-    from training.indexer.sampling import PairData
     from training.indexer.states import cached_states
+
+    torch.manual_seed(cfg.seed)
+    model = SemanticIndexer(cfg)
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    fingerprint = file_digest(minilm_path() / "model.safetensors")[:16]
+    items = cached_states(
+        model, tokenizer, catalog.texts, cfg.max_item_tokens, fingerprint, "items"
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    log_path = out / "train_log.jsonl"
+    log_path.write_text("")
+    meta = {
+        "base_model": "all-MiniLM-L6-v2",
+        "base_fingerprint": fingerprint,
+        "catalog": str(catalog.source),
+        "catalog_checksum": catalog.checksum(),
+    }
+    return Setup(model, tokenizer, fingerprint, items, time.perf_counter()), log_path, meta
+
+
+def train(args: argparse.Namespace) -> Path:
+    from training.data import group_by_query
+    from training.indexer.config import IndexerConfig
+    from training.indexer.sampling import PairData
     from training.indexer.trainer import Ablation, Trainer
 
     cfg = IndexerConfig.from_file(args.config) if args.config else IndexerConfig()
     if args.seed is not None:
         cfg.seed = args.seed
     catalog, judgments = load_inputs(args)
-    assert judgments is not None
+    if args.self_supervised:
+        return train_self_supervised(args, cfg, catalog)
+    if judgments is None:
+        raise ValueError("--judgments is required (or --self-supervised for a catalog alone)")
     train_j, dev_j = split_by_query(judgments, args.dev_fraction)
     pairs = PairData.from_judgments(train_j, cfg.positive_threshold)
     log.info(
@@ -75,25 +139,12 @@ def train(args: argparse.Namespace) -> Path:
         len(pairs.item_queries),
         len(catalog),
     )
-
-    import torch
-
-    torch.manual_seed(cfg.seed)
-    model = SemanticIndexer(cfg)
-    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
-    fingerprint = file_digest(minilm_path() / "model.safetensors")[:16]
-    item_states = cached_states(
-        model, tokenizer, catalog.texts, cfg.max_item_tokens, fingerprint, "items"
-    )
-    query_states = cached_states(
-        model, tokenizer, pairs.query_texts, cfg.max_query_tokens, fingerprint, "queries"
-    )
+    run, log_path, meta = setup(cfg, catalog, args.out)
+    query_states = run.states(pairs.query_texts, cfg.max_query_tokens, "queries")
     dev_eval = None
     if len(dev_j):
         dev = group_by_query(dev_j)
-        dev_states = cached_states(
-            model, tokenizer, dev.texts, cfg.max_query_tokens, fingerprint, "queries"
-        )
+        dev_states = run.states(dev.texts, cfg.max_query_tokens, "queries")
         dev_eval = dev_evaluator(dev_states, dev.relevant_pairs(args.threshold))
     ablation = Ablation(
         kl=not args.no_kl,
@@ -101,40 +152,25 @@ def train(args: argparse.Namespace) -> Path:
         multi_query=not args.no_multi_query,
         commitment=not args.no_commitment,
     )
-    args.out.mkdir(parents=True, exist_ok=True)
-    log_path = args.out / "train_log.jsonl"
-    log_path.write_text("")
-    started = time.perf_counter()
-    meta = {
-        "base_model": "all-MiniLM-L6-v2",
-        "base_fingerprint": fingerprint,
-        "catalog": str(args.catalog),
-        "catalog_checksum": catalog.checksum(),
-        "ablation": ablation.__dict__,
-        "train_pairs": len(pairs.positives),
-    }
-    trainer = Trainer(model, item_states, query_states, pairs, ablation, log_path, dev_eval)
-
-    def checkpoint(state) -> None:
-        done = int((state.codes >= 0).all(0).sum())
-        save_checkpoint(
-            args.out,
-            model,
-            tokenizer,
-            state.codes,
-            {
-                **meta,
-                "levels_trained": done,
-                "train_seconds": round(time.perf_counter() - started, 1),
-            },
-        )
-
-    state = trainer.train(on_level_done=checkpoint)
+    meta.update(mode="supervised", ablation=ablation.__dict__, train_pairs=len(pairs.positives))
+    trainer = Trainer(run.model, run.item_states, query_states, pairs, ablation, log_path, dev_eval)
+    state = trainer.train(on_level_done=run.checkpointer(args.out, meta))
     log.info(
-        "trained in %.1f s; history: %s",
-        time.perf_counter() - started,
+        "trained in %.1f s; last level: %s",
+        time.perf_counter() - run.started,
         json.dumps(state.history[-1]),
     )
+    return args.out
+
+
+def train_self_supervised(args: argparse.Namespace, cfg, catalog) -> Path:
+    from training.indexer.selfsup import SelfSupervisedTrainer, TitleTokens
+
+    run, log_path, meta = setup(cfg, catalog, args.out)
+    tokens = TitleTokens.build(run.tokenizer, catalog.texts, cfg.max_item_tokens)
+    meta.update(mode="self-supervised")
+    trainer = SelfSupervisedTrainer(run.model, run.item_states, tokens, log_path)
+    trainer.train(on_level_done=run.checkpointer(args.out, meta))
     return args.out
 
 

@@ -102,7 +102,7 @@ class Trainer:
         model: SemanticIndexer,
         item_states: TokenStates,
         query_states: TokenStates,
-        pairs: PairData,
+        pairs: PairData | None,
         ablation: Ablation | None = None,
         log_path: Path | None = None,
         dev_eval=None,
@@ -168,19 +168,20 @@ class Trainer:
         total = sum(parts.values())
         return total, {k: float(v.detach()) for k, v in parts.items()}
 
-    def run_epochs(self, level: int, epochs: float, main: bool, desc: str) -> dict[str, float]:
-        from tqdm.auto import tqdm
-
+    def epoch_batches(self, level: int) -> list:
+        """One epoch of batches for `level` (subclasses with other data override this)."""
         cfg = self.cfg
         prefix = self.state.codes[:, :level] if (self.ab.hard_negatives and level > 0) else None
         per_item = cfg.queries_per_item if self.ab.multi_query else 1
-        steps = []
-        while len(steps) < 1 or sum(len(s) for s in steps) < epochs * len(steps[0]):
-            steps.append(
-                make_batches(
-                    self.pairs, cfg.batch_items, per_item, self.rng, prefix, cfg.group_size
-                )
-            )
+        return make_batches(self.pairs, cfg.batch_items, per_item, self.rng, prefix, cfg.group_size)
+
+    def run_epochs(self, level: int, epochs: float, main: bool, desc: str) -> dict[str, float]:
+        """`epochs` (fractional allowed) passes of `loss` + an optimiser step per batch."""
+        from tqdm.auto import tqdm
+
+        steps = [self.epoch_batches(level)]
+        while sum(len(s) for s in steps) < epochs * len(steps[0]):
+            steps.append(self.epoch_batches(level))
         first = len(steps[0])
         flat = [b for s in steps for b in s][: max(1, math.ceil(epochs * first))]
         self.model.train()
