@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-HOME_DEPOT_METHODS = ["bm25", "dense", "dense-ft", "hkmeans", "rqvae"]
+HOME_DEPOT_METHODS = ["bm25", "dense", "dense-ft", "hkmeans", "rqvae", "dsirm"]
 TOYS_METHODS = ["hkmeans", "rqvae"]
 RETRIEVAL = ["recall@1", "recall@10", "recall@100", "mrr@100", "ndcg@10"]
 SID = [
@@ -80,6 +80,11 @@ def main() -> int:
     p.add_argument("--methods", nargs="+", default=HOME_DEPOT_METHODS)
     p.add_argument("--toys-methods", nargs="*", default=TOYS_METHODS)
     p.add_argument(
+        "--toys-indexer",
+        type=Path,
+        help="a `sidserve train --self-supervised` checkpoint on the toys: adds its AMI row",
+    )
+    p.add_argument(
         "--indexer",
         type=Path,
         help="a `sidserve train` checkpoint: adds the indexer and indexer-dense rows",
@@ -90,41 +95,34 @@ def main() -> int:
     hd, toys = a.data / "homedepot", a.data / "amazon_uk_toys" / "products.csv.gz"
     a.reports.mkdir(parents=True, exist_ok=True)
 
-    hd_rows, toy_rows, commands, walls = [], [], [], []
-    for method in a.methods:
-        report, wall, shown = run_evaluate(
-            [
-                "--method",
-                method,
-                "--catalog",
-                str(hd / "products.csv.gz"),
-                "--judgments",
-                str(hd / "judgments.csv.gz"),
-            ],
-            a.reports / f"homedepot-{method}.json",
-        )
-        hd_rows.append((method, report["metrics"]))
-        commands.append(shown)
-        walls.append((f"homedepot {method}", wall, report["timings"]))
-    for method in a.toys_methods:
-        report, wall, shown = run_evaluate(
-            [
-                "--method",
-                method,
-                "--catalog",
-                str(toys),
-                "--id-column",
-                "product_id",
-                "--description-column",
-                "",
-                "--category-column",
-                "category_path",
-            ],
-            a.reports / f"toys-{method}.json",
-        )
-        toy_rows.append((method, report["metrics"]))
-        commands.append(shown)
-        walls.append((f"toys {method}", wall, report["timings"]))
+    commands: list[str] = []
+    walls: list[tuple[str, float, dict]] = []
+
+    def run_all(name: str, data_args: list[str], runs: list[tuple[str, list[str]]]) -> list:
+        rows = []
+        for method, extra in runs:
+            report, wall, shown = run_evaluate(
+                ["--method", method, *data_args, *extra], a.reports / f"{name}-{method}.json"
+            )
+            rows.append((method, report["metrics"]))
+            commands.append(shown)
+            walls.append((f"{name} {method}", wall, report["timings"]))
+        return rows
+
+    hd_runs = [(m, []) for m in a.methods]
+    if a.indexer:
+        ck = ["--checkpoint", str(a.indexer.resolve())]
+        hd_runs += [("indexer", ck), ("indexer-dense", ck)]
+    hd_rows = run_all(
+        "homedepot",
+        ["--catalog", str(hd / "products.csv.gz"), "--judgments", str(hd / "judgments.csv.gz")],
+        hd_runs,
+    )
+    toy_runs = [(m, []) for m in a.toys_methods]
+    if a.toys_indexer:
+        toy_runs.append(("indexer", ["--checkpoint", str(a.toys_indexer.resolve())]))
+    toy_args = ["--catalog", str(toys), "--id-column", "product_id", "--description-column", ""]
+    toy_rows = run_all("toys", [*toy_args, "--category-column", "category_path"], toy_runs)
 
     first = hd_rows[0][1] if hd_rows else {}
     lines = [
