@@ -62,6 +62,86 @@ def table(rows: list[tuple[str, dict]], keys: list[str]) -> list[str]:
     return lines
 
 
+def targets(hd: dict[str, dict], toys: dict[str, dict]) -> list[str]:
+    """Issue 3's quality targets, checked against the rows measured in this run."""
+    idx, dn = hd.get("indexer"), hd.get("indexer-dense")
+    if idx is None:
+        return []
+    rows: list[tuple[str, str, bool]] = []
+
+    def beats(a: dict, others: list[str], keys: list[str]) -> tuple[str, bool]:
+        text, ok = [], True
+        for k in keys:
+            best = max((hd[o][k], o) for o in others if o in hd)
+            ok &= a[k] > best[0]
+            text.append(f"{k} {a[k]:.4f} vs {best[1]} {best[0]:.4f}")
+        return "; ".join(text), ok
+
+    rows.append(
+        (
+            "SID retrieval beats BM25 on recall@10, recall@100",
+            *beats(idx, ["bm25"], ["recall@10", "recall@100"]),
+        )
+    )
+    rows.append(
+        (
+            "SID retrieval beats hkmeans and rqvae on every retrieval metric",
+            *beats(idx, ["hkmeans", "rqvae"], RETRIEVAL),
+        )
+    )
+    if dn is not None:
+        rows.append(
+            (
+                "indexer-dense beats bm25, dense, dense-ft on recall@10 and mrr@100",
+                *beats(dn, ["bm25", "dense", "dense-ft"], ["recall@10", "mrr@100"]),
+            )
+        )
+    two_stage = [m for m in ("hkmeans", "rqvae") if m in hd]
+    for key, goal in (("l1_code_acc", 0.85), ("l2_code_acc", 0.65)):
+        best = max(hd[m][key] for m in two_stage) if two_stage else 0.0
+        rows.append(
+            (
+                f"{key} >= {goal} and above the two-stage baselines",
+                f"{idx[key]:.4f} (two-stage best {best:.4f})",
+                idx[key] >= goal and idx[key] > best,
+            )
+        )
+    rows.append(
+        (
+            "level-1 utilisation >= 90 %",
+            f"{idx['l1_utilisation']:.4f}",
+            idx["l1_utilisation"] >= 0.9,
+        )
+    )
+    rows.append(
+        (
+            "unique SIDs after disambiguation (collision rate before it reported)",
+            f"collision rate {idx['collision_rate']:.4f}",
+            idx["unique_after_disambiguation"] == 1.0,
+        )
+    )
+    if "indexer" in toys:
+        best = max(toys[m]["ami_l1"] for m in ("hkmeans", "rqvae") if m in toys)
+        rows.append(
+            (
+                "toys (self-supervised): level-1 AMI above both two-stage baselines",
+                f"{toys['indexer']['ami_l1']:.4f} vs best {best:.4f}",
+                toys["indexer"]["ami_l1"] > best,
+            )
+        )
+    gain = idx.get("auc_gain_points", float("nan"))
+    rows.append(
+        (
+            "relevance: dense + SID prefix AUC >= dense-only + 1.0 point",
+            f"{gain:+.2f} points",
+            gain >= 1.0,
+        )
+    )
+    return ["| target | measured | met |", "|---|---|---|"] + [
+        f"| {t} | {m} | {'yes' if ok else 'no'} |" for t, m, ok in rows
+    ]
+
+
 def machine() -> str:
     model = "unknown CPU"
     try:
@@ -125,6 +205,7 @@ def main() -> int:
     toy_rows = run_all("toys", [*toy_args, "--category-column", "category_path"], toy_runs)
 
     first = hd_rows[0][1] if hd_rows else {}
+    checks = targets(dict(hd_rows), dict(toy_rows))
     lines = [
         "# Quality benchmark",
         "",
@@ -154,6 +235,7 @@ def main() -> int:
         "",
         *table(toy_rows, TOYS),
         "",
+        *(["## Issue 3 targets (semantic indexer)", "", *checks, ""] if checks else []),
         "## Wall time per run (this machine; embeddings of the catalog from the disk cache "
         "when present)",
         "",
