@@ -111,8 +111,17 @@ def test_dsirm_contrastive_rqvae_aligns_queries_with_their_items():
     shift = rng.normal(size=x.shape[1]).astype(np.float32)
     queries = x + shift + rng.normal(size=x.shape).astype(np.float32) * 0.3
     pairs = np.stack([np.arange(len(x)), np.arange(len(x))], axis=1)
-    cfg = dsirm_config(in_dim=16, hidden=[32], latent=8, levels=2, codebook_size=4, epochs=40,
-                       batch_size=32, lr=3e-3, pair_batch=32)
+    cfg = dsirm_config(
+        in_dim=16,
+        hidden=[32],
+        latent=8,
+        levels=2,
+        codebook_size=4,
+        epochs=40,
+        batch_size=32,
+        lr=3e-3,
+        pair_batch=32,
+    )
     model = RQVAE(cfg)
     info = model.fit(x, queries, pairs)
     assert np.isfinite(info["nce_loss"]) and info["nce_loss"] < np.log(32)
