@@ -10,6 +10,11 @@ from training.baselines.hkmeans import HierarchicalKMeans
 from training.baselines.rqvae import RQVAE, RQVAEConfig
 from training.sids import Trie
 
+# a quantiser small enough for 120 toy vectors of 16 dimensions
+TINY_QUANTISER = dict(
+    in_dim=16, hidden=[32], latent=8, levels=2, codebook_size=4, batch_size=32, lr=3e-3
+)
+
 
 def _blobs(seed: int = 0, per: int = 30, centres: int = 4, dim: int = 16):
     rng = np.random.default_rng(seed)
@@ -41,16 +46,7 @@ def test_hkmeans_recovers_clusters_and_query_paths_exist():
 
 def test_rqvae_trains_saves_and_reloads_identically(tmp_path):
     x, truth = _blobs(seed=1)
-    cfg = RQVAEConfig(
-        in_dim=16,
-        hidden=[32],
-        latent=8,
-        levels=2,
-        codebook_size=4,
-        epochs=30,
-        batch_size=32,
-        lr=3e-3,
-    )
+    cfg = RQVAEConfig(**TINY_QUANTISER, epochs=30)
     model = RQVAE(cfg)
     info = model.fit(x)
     codes = model.codes(x)
@@ -111,17 +107,7 @@ def test_dsirm_contrastive_rqvae_aligns_queries_with_their_items():
     shift = rng.normal(size=x.shape[1]).astype(np.float32)
     queries = x + shift + rng.normal(size=x.shape).astype(np.float32) * 0.3
     pairs = np.stack([np.arange(len(x)), np.arange(len(x))], axis=1)
-    cfg = dsirm_config(
-        in_dim=16,
-        hidden=[32],
-        latent=8,
-        levels=2,
-        codebook_size=4,
-        epochs=40,
-        batch_size=32,
-        lr=3e-3,
-        pair_batch=32,
-    )
+    cfg = dsirm_config(**TINY_QUANTISER, epochs=40, pair_batch=32)
     model = RQVAE(cfg)
     info = model.fit(x, queries, pairs)
     assert np.isfinite(info["nce_loss"]) and info["nce_loss"] < np.log(32)
