@@ -111,15 +111,13 @@ def relevance_metrics(
     try:
         out["auc_dense"] = relevance_auc(cosine, labels, q_idx, folds=folds, seed=seed)
         if result.query_sids is not None and result.item_sids is not None:
-            feats = (
-                np.concatenate(
-                    [
-                        prefix_features(result.query_sids[q], result.item_sids[i][None])[0]
-                        for q, i in zip(q_idx, i_idx, strict=True)
-                    ]
-                ).reshape(len(rows), -1)
-                if rows
-                else np.empty((0, 0))
+            # rows are grouped by query: one prefix_features call per query
+            feats = np.concatenate(
+                [
+                    prefix_features(result.query_sids[q], result.item_sids[list(d)])
+                    for q, d in enumerate(queries.judged)
+                    if d
+                ]
             )
             both = np.concatenate([cosine, feats], axis=1)
             out["auc_dense_sid"] = relevance_auc(both, labels, q_idx, folds=folds, seed=seed)

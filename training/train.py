@@ -45,13 +45,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def dev_evaluator(dev_states, dev_pairs: tuple[np.ndarray, np.ndarray]):
     """Greedy top-1 code agreement on dev relevant pairs up to the level just trained."""
     from training.indexer.inference import greedy_codes
+    from training.metrics import code_accuracy
 
     q_idx, i_idx = dev_pairs
 
     def evaluate(model, codes: np.ndarray, level: int) -> dict[str, float]:
         qcodes = greedy_codes(model, dev_states, levels=level + 1)
-        agree = np.cumprod(qcodes[q_idx] == codes[i_idx, : level + 1], axis=1).mean(0)
-        return {f"l{t + 1}_code_acc": float(a) for t, a in enumerate(agree)}
+        return code_accuracy(qcodes, codes[:, : level + 1], q_idx, i_idx)
 
     return evaluate
 
@@ -142,8 +142,8 @@ def train(args: argparse.Namespace) -> Path:
     run, log_path, meta = setup(cfg, catalog, args.out)
     query_states = run.states(pairs.query_texts, cfg.max_query_tokens, "queries")
     dev_eval = None
-    if len(dev_j):
-        dev = group_by_query(dev_j)
+    dev = group_by_query(dev_j) if len(dev_j) else None
+    if dev is not None and len(dev.relevant_pairs(args.threshold)[0]):
         dev_states = run.states(dev.texts, cfg.max_query_tokens, "queries")
         dev_eval = dev_evaluator(dev_states, dev.relevant_pairs(args.threshold))
     ablation = Ablation(

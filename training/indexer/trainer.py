@@ -24,6 +24,7 @@ from training.indexer.losses import code_kl, commitment, multi_positive_nce
 from training.indexer.model import SemanticIndexer
 from training.indexer.sampling import Batch, PairData, make_batches
 from training.indexer.states import TokenStates
+from training.metrics import codebook_stats
 
 log = logging.getLogger(__name__)
 
@@ -88,12 +89,9 @@ def kmeans_init(model: SemanticIndexer, level: int, reps: torch.Tensor, seed: in
 
 
 def code_stats(codes: np.ndarray, k: int) -> dict[str, float]:
-    counts = np.bincount(codes, minlength=k)
-    p = counts[counts > 0] / counts.sum()
-    return {
-        "utilisation": float((counts > 0).mean()),
-        "perplexity": float(np.exp(-(p * np.log(p)).sum())),
-    }
+    """Utilisation and perplexity of one level's codes (the evaluation's definitions)."""
+    stats = codebook_stats(codes[:, None], [k])
+    return {"utilisation": stats["l1_utilisation"], "perplexity": stats["l1_perplexity"]}
 
 
 class Trainer:
