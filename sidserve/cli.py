@@ -22,19 +22,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sidserve", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    # only the chosen subcommand's module (and its dependencies) gets imported
+    chosen = next((a for a in argv if a in SUBCOMMANDS), None)
+    module = importlib.import_module(SUBCOMMANDS[chosen][0]) if chosen else None
     for name, (_, text) in SUBCOMMANDS.items():
-        sub.add_parser(name, help=text, add_help=False)
-    # resolve the subcommand first so only its module (and its dependencies) gets imported
-    known, _ = parser.parse_known_args(argv)
-    module = importlib.import_module(SUBCOMMANDS[known.command][0])
-    full = argparse.ArgumentParser(prog="sidserve", description=__doc__)
-    full.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    subs = full.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, (_, text) in SUBCOMMANDS.items():
-        p = subs.add_parser(name, help=text, description=text)
-        if name == known.command:
+        p = sub.add_parser(name, help=text, description=text)
+        if module is not None and name == chosen:
             module.configure(p)
-    args = full.parse_args(argv)
+    args = parser.parse_args(argv)  # no known subcommand: argparse prints usage and exits
+    assert module is not None
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
