@@ -19,7 +19,7 @@ $(PY):
 # dependency pulls a CUDA build.
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[train,test]'
+	$(PY) -m pip install -q -e '.[serve,train,test]'
 	touch $@
 
 install: $(STAMP)

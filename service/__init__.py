@@ -1,0 +1,1 @@
+"""The online gateway: reads bundles, never imports torch, `training/` or `export/`."""
