@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sidserve.hashing import sha256_file
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -41,11 +43,7 @@ def cache_dir() -> Path:
 
 
 def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return sha256_file(path)
 
 
 def texts_digest(texts: Sequence[str]) -> str:

@@ -12,10 +12,9 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from sidserve.sids import format_sid
 
-def format_sid(codes: Sequence[int]) -> str:
-    """The stable string form: codes joined by '-', e.g. '12-5-201'."""
-    return "-".join(str(int(c)) for c in codes)
+__all__ = ["Trie", "disambiguate", "format_sid", "trie_beam_search"]
 
 
 def disambiguate(semantic: np.ndarray) -> np.ndarray:
@@ -61,7 +60,8 @@ def trie_beam_search(
     """Top-`beam` complete paths that exist in the trie, by summed per-level score.
 
     Returns (paths (K, L), scores (K,)) with K <= beam when the trie has fewer paths.
-    Ties are broken by the lexicographically smaller path, so results are deterministic.
+    Ties go to the earlier (beam, code) position, i.e. the better-ranked prefix, then the
+    lower code, so results are deterministic.
     """
     if beam < 1:
         raise ValueError(f"beam must be >= 1, got {beam}")
