@@ -14,6 +14,9 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("training.train", "train the semantic indexer on a catalog and judgments"),
     "evaluate": ("training.evaluate", "measure a method on a catalog and judgments"),
     "assign": ("training.assign", "write the item -> SID table of a catalog"),
+    "export": ("export.command", "turn a checkpoint into a servable bundle (ONNX + item table)"),
+    "load-items": ("service.load_items", "bulk-load a bundle's item SIDs into Redis"),
+    "serve": ("service.command", "run the gateway on a bundle"),
 }
 
 

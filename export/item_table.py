@@ -1,0 +1,37 @@
+"""The catalog's item -> SID table computed with the exported graphs in ONNX Runtime, so the
+table is exactly what the gateway's `/v1/items/encode` would give for the same texts."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from service.onnx_model import OnnxIndexer, greedy_codes
+from service.tokenizer import BundleTokenizer
+
+
+def assign_semantic_codes(
+    model: OnnxIndexer,
+    tokenizer: BundleTokenizer,
+    texts: Sequence[str],
+    levels: int,
+    batch_size: int = 128,
+    progress: bool = True,
+) -> np.ndarray:
+    """(N, levels) greedy codes. Texts are batched by token length (less padding); the
+    result is in input order."""
+    from tqdm.auto import tqdm
+
+    lengths = np.array([tokenizer.count(t) for t in texts])
+    order = np.argsort(lengths, kind="stable")
+    out = np.zeros((len(texts), levels), dtype=np.int64)
+    with tqdm(
+        total=len(texts), desc="item SIDs (ONNX Runtime)", unit="item", disable=not progress
+    ) as bar:
+        for start in range(0, len(texts), batch_size):
+            idx = order[start : start + batch_size]
+            ids, mask = tokenizer.items([texts[i] for i in idx])
+            out[idx] = greedy_codes(model, ids, mask, levels)
+            bar.update(len(idx))
+    return out

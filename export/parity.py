@@ -1,0 +1,136 @@
+"""ONNX Runtime against PyTorch on real texts: the check `sidserve export` runs before it
+writes a bundle, and that the tests run on a tiny model.
+
+Three checks, all required: logits (encoder → every decoder level along the text's own greedy
+path) within `LOGIT_TOLERANCE`; identical greedy item SIDs; identical top-`beam`
+trie-constrained query beams. The PyTorch side tokenises with the checkpoint's `transformers`
+tokenizer and the ONNX side with the bundle's `tokenizers` file, so tokenisation is covered too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from service.onnx_model import OnnxIndexer
+from service.query_beams import search_beams
+from service.tokenizer import BundleTokenizer
+from service.trie import CompactTrie
+from training.indexer.inference import greedy_codes, query_beams
+from training.indexer.model import SemanticIndexer
+from training.indexer.states import compute_states
+from training.sids import Trie
+
+LOGIT_TOLERANCE = 1e-4
+
+
+class ParityError(ValueError):
+    """The exported graphs do not reproduce the checkpoint: no bundle is written."""
+
+
+@dataclass
+class ParityReport:
+    max_logit_diff: float = 0.0
+    items_checked: int = 0
+    items_identical: int = 0
+    queries_checked: int = 0
+    queries_identical: int = 0
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return (
+            self.max_logit_diff <= LOGIT_TOLERANCE
+            and self.items_identical == self.items_checked
+            and self.queries_identical == self.queries_checked
+        )
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "max_abs_logit_diff": self.max_logit_diff,
+            "logit_tolerance": LOGIT_TOLERANCE,
+            "items_identical": f"{self.items_identical}/{self.items_checked}",
+            "query_beams_identical": f"{self.queries_identical}/{self.queries_checked}",
+        }
+
+
+@torch.no_grad()
+def logit_diff(
+    model: SemanticIndexer,
+    hf_tokenizer,
+    onnx: OnnxIndexer,
+    tokenizer: BundleTokenizer,
+    texts: list[str],
+    max_length: int,
+) -> float:
+    """Max |logit difference| over every level, decoding each text's own greedy path."""
+    levels = model.cfg.levels
+    ids, mask = tokenizer.encode(texts, max_length)
+    enc = hf_tokenizer(texts, padding=True, truncation=True, max_length=max_length)
+    if not np.array_equal(np.asarray(enc["input_ids"]), ids):
+        raise ParityError("tokenizer.json and the checkpoint's tokenizer give different ids")
+    memory = onnx.encode(ids, mask)
+    t_ids, t_mask = torch.from_numpy(ids), torch.from_numpy(mask)
+    t_memory = model.encode(model.lower_states(t_ids, t_mask), t_mask)
+    prefix = np.zeros((len(texts), 1, levels), dtype=np.int64)
+    worst = 0.0
+    for level in range(levels):
+        got = onnx.decode_step(memory, mask, prefix, np.full(len(texts), level, np.int64))[:, 0]
+        reps = model.decode(t_memory, t_mask, torch.from_numpy(prefix[:, 0, :level]))[:, level]
+        want = model.code_logits(reps, level).numpy()
+        worst = max(worst, float(np.abs(got - want).max()))
+        prefix[:, 0, level] = want.argmax(-1)
+    return worst
+
+
+def check_parity(
+    model: SemanticIndexer,
+    hf_tokenizer,
+    onnx: OnnxIndexer,
+    tokenizer: BundleTokenizer,
+    item_texts: list[str],
+    onnx_item_codes: np.ndarray,
+    query_texts: list[str],
+    catalog_codes: np.ndarray,
+    beam: int = 10,
+) -> ParityReport:
+    """`onnx_item_codes` are the ONNX codes of `item_texts`; `catalog_codes` (N, L) make the
+    trie the beams are constrained to."""
+    cfg = model.cfg
+    report = ParityReport()
+    few = min(64, len(item_texts)), min(64, len(query_texts))
+    report.max_logit_diff = max(
+        logit_diff(model, hf_tokenizer, onnx, tokenizer, item_texts[: few[0]], cfg.max_item_tokens),
+        logit_diff(
+            model, hf_tokenizer, onnx, tokenizer, query_texts[: few[1]], cfg.max_query_tokens
+        ),
+    )
+    states = compute_states(
+        model, hf_tokenizer, item_texts, cfg.max_item_tokens, desc="parity items", progress=False
+    )
+    torch_codes = greedy_codes(model, states)
+    same = (torch_codes == onnx_item_codes).all(axis=1)
+    report.items_checked, report.items_identical = len(same), int(same.sum())
+    report.failures += [f"item {item_texts[i]!r}" for i in np.flatnonzero(~same)[:5]]
+
+    qstates = compute_states(
+        model,
+        hf_tokenizer,
+        query_texts,
+        cfg.max_query_tokens,
+        desc="parity queries",
+        progress=False,
+    )
+    want = query_beams(model, qstates, Trie(catalog_codes), beam)
+    trie = CompactTrie.from_codes(catalog_codes, [cfg.codebook_size] * cfg.levels)
+    got = search_beams(onnx, tokenizer, query_texts, trie, beam)
+    report.queries_checked = len(query_texts)
+    for text, (w_paths, _), (g_paths, _) in zip(query_texts, want, got, strict=True):
+        if np.array_equal(w_paths, g_paths):
+            report.queries_identical += 1
+        elif len(report.failures) < 10:
+            report.failures.append(f"query {text!r}")
+    return report

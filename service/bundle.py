@@ -1,0 +1,198 @@
+"""Loading and validating a bundle (docs/bundle.md): the only thing the gateway reads.
+
+Every failure names the file and says what is wrong, each kind with its own exception class,
+so an operator can tell a half-copied bundle from a tampered one from one made by a newer
+exporter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sidserve.hashing import sha256_file
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+TOKENIZER_FILE = "tokenizer.json"
+ENCODER_FILE = "encoder.onnx"
+DECODER_FILE = "decoder_step.onnx"
+ITEM_IDS_FILE = "items.ids.txt"
+ITEM_SIDS_FILE = "items.sids.npy"
+
+
+class BundleError(ValueError):
+    """A bundle that cannot be served."""
+
+
+class MissingFileError(BundleError):
+    pass
+
+
+class TruncatedFileError(BundleError):
+    pass
+
+
+class ChecksumError(BundleError):
+    pass
+
+
+class FormatVersionError(BundleError):
+    pass
+
+
+class ManifestError(BundleError):
+    pass
+
+
+@dataclass(frozen=True)
+class TokenizerSpec:
+    file: str
+    max_query_tokens: int
+    max_item_tokens: int
+    pad_id: int
+    cls_id: int
+    sep_id: int
+
+
+@dataclass
+class Bundle:
+    path: Path
+    manifest: dict[str, Any]
+    model_version: str
+    levels: int
+    codebook_sizes: list[int]
+    hidden_size: int
+    tokenizer: TokenizerSpec
+    item_ids: list[str]
+    item_sids: np.ndarray  # (N, levels + 1) int32: semantic codes, then disambiguation
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def encoder_path(self) -> Path:
+        return self.path / self.manifest["graphs"]["encoder"]
+
+    @property
+    def decoder_path(self) -> Path:
+        return self.path / self.manifest["graphs"]["decoder_step"]
+
+
+def file_digest(path: Path) -> dict[str, Any]:
+    """{'sha256': hex, 'bytes': size} of a file."""
+    return {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+
+
+def model_version_of(files: dict[str, dict[str, Any]]) -> str:
+    """Content id of a bundle: 16 hex digits of a hash over its files' names and checksums."""
+    h = hashlib.sha256()
+    for name in sorted(files):
+        h.update(f"{name}\0{files[name]['sha256']}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def _require(manifest: dict[str, Any], key: str, path: Path) -> Any:
+    if key not in manifest:
+        raise ManifestError(f"{path}: manifest has no {key!r}")
+    return manifest[key]
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    mf = path / MANIFEST
+    if not path.is_dir():
+        raise MissingFileError(f"{path}: bundle directory does not exist")
+    if not mf.is_file():
+        raise MissingFileError(f"{mf}: missing; not a bundle (export one with `sidserve export`)")
+    try:
+        manifest = json.loads(mf.read_text())
+    except json.JSONDecodeError as exc:
+        raise ManifestError(f"{mf}: not valid JSON ({exc})") from exc
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise FormatVersionError(
+            f"{mf}: bundle format version {version!r}; this gateway reads version "
+            f"{FORMAT_VERSION} (re-export the bundle or upgrade the gateway)"
+        )
+    return manifest
+
+
+def verify_files(path: Path, manifest: dict[str, Any], checksums: bool = True) -> None:
+    """Every file in the manifest exists, has its recorded size and (optionally) sha256."""
+    for name, want in _require(manifest, "files", path).items():
+        f = path / name
+        if not f.is_file():
+            raise MissingFileError(f"{f}: missing (listed in {MANIFEST})")
+        size = f.stat().st_size
+        if size < want["bytes"]:
+            raise TruncatedFileError(
+                f"{f}: {size} bytes, {MANIFEST} records {want['bytes']}: truncated "
+                "(an interrupted copy?)"
+            )
+        if size != want["bytes"] or (checksums and file_digest(f)["sha256"] != want["sha256"]):
+            raise ChecksumError(
+                f"{f}: content does not match the sha256 in {MANIFEST} (modified or corrupt)"
+            )
+
+
+def _read_item_table(path: Path, manifest: dict[str, Any], levels: int, sizes: list[int]):
+    items = _require(manifest, "items", path)
+    ids_file, sids_file = path / items["ids"], path / items["sids"]
+    ids = ids_file.read_text(encoding="utf-8").split("\n")
+    if ids and ids[-1] == "":
+        ids.pop()
+    try:
+        sids = np.load(sids_file, allow_pickle=False)
+    except (ValueError, EOFError, OSError) as exc:
+        raise TruncatedFileError(f"{sids_file}: unreadable item table ({exc})") from exc
+    count = int(items["count"])
+    if len(ids) != count:
+        raise TruncatedFileError(f"{ids_file}: {len(ids)} ids, {MANIFEST} records {count}")
+    if sids.shape != (count, levels + 1) or sids.dtype != np.int32:
+        raise TruncatedFileError(
+            f"{sids_file}: array {sids.shape} {sids.dtype}, expected ({count}, {levels + 1}) int32"
+        )
+    if count and ((sids[:, :levels] < 0) | (sids[:, :levels] >= np.array(sizes))).any():
+        raise ManifestError(f"{sids_file}: codes outside the codebook sizes {sizes}")
+    if count and len(np.unique(sids, axis=0)) != count:
+        raise ManifestError(f"{sids_file}: SIDs are not unique")
+    if len(set(ids)) != count:
+        raise ManifestError(f"{ids_file}: repeated item ids")
+    return ids, sids
+
+
+def load_bundle(path: str | Path, checksums: bool = True) -> Bundle:
+    """Read and validate a bundle. `checksums=False` skips hashing (sizes are still checked)."""
+    path = Path(path)
+    manifest = read_manifest(path)
+    verify_files(path, manifest, checksums)
+    levels = int(_require(manifest, "levels", path))
+    sizes = [int(k) for k in _require(manifest, "codebook_sizes", path)]
+    if len(sizes) != levels:
+        raise ManifestError(f"{path / MANIFEST}: {len(sizes)} codebook sizes for {levels} levels")
+    tok = _require(manifest, "tokenizer", path)
+    try:
+        spec = TokenizerSpec(**tok)
+    except TypeError as exc:
+        raise ManifestError(f"{path / MANIFEST}: bad tokenizer settings ({exc})") from exc
+    for name in (spec.file, *_require(manifest, "graphs", path).values()):
+        if name not in manifest["files"]:
+            raise ManifestError(f"{path / MANIFEST}: {name} is used but has no checksum")
+    ids, sids = _read_item_table(path, manifest, levels, sizes)
+    return Bundle(
+        path=path,
+        manifest=manifest,
+        model_version=str(_require(manifest, "model_version", path)),
+        levels=levels,
+        codebook_sizes=sizes,
+        hidden_size=int(_require(manifest, "hidden_size", path)),
+        tokenizer=spec,
+        item_ids=ids,
+        item_sids=sids,
+    )

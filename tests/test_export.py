@@ -1,0 +1,204 @@
+"""`sidserve export` on a tiny random model: graphs, parity (and its failure), the bundle and
+the gateway's loader with each kind of broken bundle."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.bundle import (
+    ChecksumError,
+    FormatVersionError,
+    MissingFileError,
+    TruncatedFileError,
+    load_bundle,
+)
+from tests.export_fixtures import export_args
+
+LARGE = (".onnx",)
+
+
+def clone_bundle(src: Path, dst: Path) -> Path:
+    """Copy the small files, link the large graphs (the tests edit only small files)."""
+    dst.mkdir()
+    for f in src.iterdir():
+        if f.suffix in LARGE:
+            (dst / f.name).symlink_to(f)
+        else:
+            shutil.copyfile(f, dst / f.name)
+    return dst
+
+
+def test_bundle_is_complete_and_valid(tiny_export):
+    bundle = load_bundle(tiny_export["bundle"])
+    m = bundle.manifest
+    assert m["format_version"] == 1
+    assert bundle.levels == 2 and bundle.codebook_sizes == [8, 8]
+    assert set(m["files"]) == {
+        "tokenizer.json",
+        "encoder.onnx",
+        "decoder_step.onnx",
+        "items.ids.txt",
+        "items.sids.npy",
+    }
+    assert len(bundle.item_ids) == 48 and bundle.item_sids.shape == (48, 3)
+    assert len(np.unique(bundle.item_sids, axis=0)) == 48  # unique after disambiguation
+    assert m["parity"]["items_identical"] == "48/48"
+    assert bundle.model_version == tiny_export["summary"]["model_version"]
+    assert len(bundle.model_version) == 16
+
+
+def test_item_table_matches_pytorch_greedy_codes(tiny_export):
+    from training.data import load_catalog
+    from training.indexer.checkpoint import load_checkpoint
+    from training.indexer.inference import greedy_codes
+    from training.indexer.states import compute_states
+    from training.sids import disambiguate
+
+    model, tok, _, _ = load_checkpoint(tiny_export["checkpoint"])
+    catalog = load_catalog(tiny_export["catalog"])
+    states = compute_states(model, tok, catalog.texts, model.cfg.max_item_tokens, progress=False)
+    want = disambiguate(greedy_codes(model, states))
+    bundle = load_bundle(tiny_export["bundle"])
+    assert bundle.item_ids == catalog.ids
+    np.testing.assert_array_equal(bundle.item_sids, want)
+
+
+def test_beam_parity_over_a_full_trie(tiny_export):
+    """The catalog of a random model uses few paths; check beams where every path exists."""
+    from export.parity import check_parity
+    from service.bundle import load_bundle
+    from service.onnx_model import OnnxIndexer
+    from service.tokenizer import BundleTokenizer
+    from training.data import load_catalog
+    from training.indexer.checkpoint import load_checkpoint
+
+    model, tok, _, _ = load_checkpoint(tiny_export["checkpoint"])
+    bundle = load_bundle(tiny_export["bundle"])
+    onnx = OnnxIndexer(bundle.encoder_path, bundle.decoder_path)
+    tokenizer = BundleTokenizer(bundle.file("tokenizer.json"), bundle.tokenizer)
+    texts = load_catalog(tiny_export["catalog"]).texts
+    every_path = np.array([(a, b) for a in range(8) for b in range(8)])
+    items = bundle.item_sids[:, :2].astype(np.int64)
+    report = check_parity(model, tok, onnx, tokenizer, texts, items, texts, every_path, beam=10)
+    assert report.ok, report.summary()
+    assert report.queries_identical == len(texts)
+    assert report.max_logit_diff < 1e-4
+
+
+def test_tokenizer_json_matches_transformers(tiny_export):
+    from transformers import AutoTokenizer
+
+    from service.tokenizer import BundleTokenizer
+
+    bundle = load_bundle(tiny_export["bundle"])
+    ours = BundleTokenizer(bundle.file("tokenizer.json"), bundle.tokenizer)
+    theirs = AutoTokenizer.from_pretrained(tiny_export["checkpoint"])
+    texts = ["Cordless DRILL 20V", "ünïcödé café – 3/4 in. x 10 ft.", "word " * 40, "a"]
+    ids, mask = ours.encode(texts, 16)
+    want = theirs(texts, padding=True, truncation=True, max_length=16)
+    np.testing.assert_array_equal(ids, np.array(want["input_ids"]))
+    np.testing.assert_array_equal(mask, np.array(want["attention_mask"]))
+
+
+def test_export_fails_loudly_when_parity_fails(tiny_export, tmp_path, monkeypatch):
+    """A graph that is off by 1 % must stop the export and leave nothing behind."""
+    from export import graphs
+    from export.command import export
+    from export.parity import ParityError
+
+    forward = graphs.EncoderGraph.forward
+    monkeypatch.setattr(
+        graphs.EncoderGraph, "forward", lambda self, i, m: forward(self, i, m) * 1.01
+    )
+    out = tmp_path / "bundle"
+    args = export_args(
+        tiny_export["checkpoint"], tiny_export["catalog"], tiny_export["judgments"], out
+    )
+    with pytest.raises(ParityError, match="does not reproduce"):
+        export(args)
+    assert not out.exists()
+    assert not any(p.name.endswith(".partial") for p in tmp_path.iterdir())
+
+
+def test_export_refuses_to_overwrite_without_force(tiny_export):
+    from sidserve.cli import main
+
+    code = main(
+        [
+            "export",
+            "--checkpoint",
+            str(tiny_export["checkpoint"]),
+            "--catalog",
+            str(tiny_export["catalog"]),
+            "--out",
+            str(tiny_export["bundle"]),
+        ]
+    )
+    assert code == 2
+    load_bundle(tiny_export["bundle"])  # untouched
+
+
+def test_int8_export_reports_agreement(tiny_export, tmp_path, capsys):
+    from export.command import export
+
+    out = tmp_path / "int8"
+    args = export_args(
+        tiny_export["checkpoint"],
+        tiny_export["catalog"],
+        None,
+        out,
+        quantize="int8",
+        parity_queries=20,
+    )
+    summary = export(args)
+    bundle = load_bundle(out)
+    q = bundle.manifest["quantization"]
+    assert bundle.manifest["graphs"]["encoder"] == "encoder.int8.onnx"
+    assert not (out / "encoder.onnx").exists()
+    assert q["bytes_int8"] < q["bytes_fp32"] / 2
+    assert set(q["agreement_with_fp32"]) == {"l1", "l1-2"}
+    assert 0.0 <= q["agreement_with_fp32"]["l1-2"] <= q["agreement_with_fp32"]["l1"] <= 1.0
+    assert "int8 encoder agreement with fp32" in capsys.readouterr().out
+    assert summary["model_version"] != tiny_export["summary"]["model_version"]
+
+
+# ---- the loader: each broken bundle has its own error, naming the file
+
+
+def test_missing_file(tiny_export, tmp_path):
+    b = clone_bundle(tiny_export["bundle"], tmp_path / "b")
+    (b / "tokenizer.json").unlink()
+    with pytest.raises(MissingFileError, match="tokenizer.json"):
+        load_bundle(b)
+    with pytest.raises(MissingFileError, match="does not exist"):
+        load_bundle(tmp_path / "nowhere")
+
+
+def test_wrong_checksum(tiny_export, tmp_path):
+    b = clone_bundle(tiny_export["bundle"], tmp_path / "b")
+    text = (b / "items.ids.txt").read_text()
+    (b / "items.ids.txt").write_text(text.replace("t1\n", "t9\n", 1))  # same size
+    with pytest.raises(ChecksumError, match="items.ids.txt"):
+        load_bundle(b)
+
+
+def test_truncated_item_table(tiny_export, tmp_path):
+    b = clone_bundle(tiny_export["bundle"], tmp_path / "b")
+    data = (b / "items.sids.npy").read_bytes()
+    (b / "items.sids.npy").write_bytes(data[: len(data) - 40])
+    with pytest.raises(TruncatedFileError, match="items.sids.npy"):
+        load_bundle(b)
+
+
+def test_unknown_format_version(tiny_export, tmp_path):
+    b = clone_bundle(tiny_export["bundle"], tmp_path / "b")
+    m = json.loads((b / "manifest.json").read_text())
+    m["format_version"] = 99
+    (b / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(FormatVersionError, match="manifest.json.*99"):
+        load_bundle(b)
