@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: demo test lint install bench-quality clean
+.PHONY: demo test lint install bench-quality clean triton-cpu
 
 demo:
 	@echo "make demo arrives with the gateway (issue 5): train a small indexer on the demo catalog," >&2
@@ -24,7 +24,12 @@ $(STAMP): pyproject.toml | $(PY)
 
 install: $(STAMP)
 
-test: $(STAMP)
+# tritonserver for tests/test_triton.py (nvidia-pytriton 0.7.0: CPU, Python backend only),
+# pip-installed into the sidserve cache: the wheel pins numpy<2, so never into the venv.
+triton-cpu: $(STAMP)
+	$(PY) -m tests.triton_server install
+
+test: $(STAMP) triton-cpu
 	$(VENV)/bin/ruff check .
 	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -q tests
 

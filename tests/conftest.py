@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["tests.export_fixtures", "tests.redis_server", "tests.triton_server"]
+
 # Three clearly different departments; each query has a relevant product and a judged miss.
 PRODUCTS = [
     ("p1", "Cordless Drill 20V Lithium-Ion with Battery", ""),
