@@ -1,0 +1,214 @@
+"""The SidStore protocol, and the ranking and SID assignment both stores share.
+
+A store holds one model version's item table (item id -> SID, SID = L semantic codes + one
+disambiguation code) and, per prefix of the semantic path (depth 1..L), the items under it in
+insertion order. `candidates` turns the beam search's paths into items:
+
+    rank = (deepest prefix shared with any beam: desc,
+            first beam that shares that deepest prefix: asc,
+            position in that prefix's list (catalog, then upsert order): asc)
+
+`plan_probes` lists the prefix lists to read in that order and `pick_ranked` walks what was
+read; `assign_sids` is the upsert rule. The stores differ only in how they fetch and write
+(one Redis round trip, or numpy arrays), so neither rule can drift between them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol, TypeVar, runtime_checkable
+
+import numpy as np
+
+from sidserve.sids import format_sid
+
+__all__ = [
+    "Candidates",
+    "Probe",
+    "SidStore",
+    "StoreUnavailable",
+    "assign_sids",
+    "check_items",
+    "check_paths",
+    "fetch_size",
+    "format_sid",
+    "parse_sids",
+    "pick_ranked",
+    "plan_probes",
+]
+
+H = TypeVar("H", bound=Hashable)
+Path = tuple[int, ...]
+
+
+class StoreUnavailable(Exception):
+    """The store cannot answer now (unreachable, timed out, version not loaded): a 503."""
+
+
+class Candidates(NamedTuple):
+    """Ranked items of one query: ids and their full SIDs (n, L+1) int32, best first."""
+
+    item_ids: list[str]
+    sids: np.ndarray
+
+    @classmethod
+    def empty(cls, levels: int) -> Candidates:
+        return cls([], np.zeros((0, levels + 1), dtype=np.int32))
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One prefix list to read: the depth-`depth` prefix of beam `beam`."""
+
+    depth: int
+    beam: int
+    prefix: Path
+
+
+@runtime_checkable
+class SidStore(Protocol):
+    """One model version's item SIDs. Every method may raise StoreUnavailable."""
+
+    model_version: str
+    levels: int
+
+    async def candidates(self, paths: np.ndarray, limit: int, min_depth: int = 0) -> Candidates:
+        """Items sharing a prefix of depth >= max(1, min_depth) with a beam of `paths`
+        ((K, L) int, best beam first), ranked as in the module docstring, at most `limit`."""
+        ...
+
+    async def candidates_many(
+        self, paths: Sequence[np.ndarray], limit: int, min_depth: int = 0
+    ) -> list[Candidates]:
+        """`candidates` of several queries at once (one Redis round trip for all)."""
+        ...
+
+    async def get_sids(self, item_ids: Sequence[str]) -> list[np.ndarray | None]:
+        """The full SID ((L+1,) int32) of each id, None for ids not in the table."""
+        ...
+
+    async def upsert(self, items: Sequence[tuple[str, np.ndarray]]) -> np.ndarray:
+        """Store (item id, (L,) semantic codes) pairs; their SIDs (n, L+1) int32, see
+        `assign_sids`. Atomic per call."""
+        ...
+
+    async def preview(self, items: Sequence[tuple[str, np.ndarray]]) -> np.ndarray:
+        """The SIDs `upsert` would give now, without storing anything."""
+        ...
+
+    async def ping(self) -> None:
+        """Return when the store can serve this version, else raise StoreUnavailable."""
+        ...
+
+    async def close(self) -> None: ...
+
+    def stats(self) -> dict[str, Any]: ...
+
+
+def parse_sids(texts: Sequence[str], width: int) -> np.ndarray:
+    """'-'-joined SID strings -> (n, width) int32."""
+    if not texts:
+        return np.zeros((0, width), dtype=np.int32)
+    flat = np.array("-".join(texts).split("-"), dtype=np.int64)
+    if flat.size != len(texts) * width:
+        raise ValueError(f"SIDs with other than {width} codes among {list(texts)[:3]}")
+    return flat.reshape(len(texts), width).astype(np.int32)
+
+
+def check_paths(paths: np.ndarray, levels: int) -> np.ndarray:
+    """(K, L) non-negative integer paths as int64, or ValueError."""
+    arr = np.asarray(paths)
+    if arr.ndim != 2 or arr.shape[1] != levels:
+        raise ValueError(f"paths must be (K, {levels}), got shape {arr.shape}")
+    if arr.size and (not np.issubdtype(arr.dtype, np.integer) or arr.min() < 0):
+        raise ValueError("paths must hold non-negative integer codes")
+    return arr.astype(np.int64, copy=False)
+
+
+def check_items(
+    items: Sequence[tuple[str, np.ndarray]], levels: int
+) -> tuple[list[str], list[Path]]:
+    """Upsert input -> (ids, paths), or ValueError naming what is wrong."""
+    ids = [item_id for item_id, _ in items]
+    bad = [i for i in ids if not isinstance(i, str) or not i or i != i.strip() or "\n" in i]
+    if bad:
+        raise ValueError(f"item ids must be non-empty single-line strings, e.g. {bad[0]!r}")
+    if not items:
+        return ids, []
+    try:
+        codes = check_paths(np.stack([np.asarray(c).reshape(-1) for _, c in items]), levels)
+    except ValueError as exc:
+        raise ValueError(f"semantic codes of the items: {exc}") from exc
+    return ids, [tuple(row) for row in codes.tolist()]
+
+
+def plan_probes(paths: np.ndarray, levels: int, min_depth: int) -> list[Probe]:
+    """The prefix lists to read, in rank order: depth L down to max(1, min_depth), beams in
+    order; a prefix already listed by an earlier beam is skipped (it holds nothing new)."""
+    probes: list[Probe] = []
+    rows = [tuple(row) for row in check_paths(paths, levels).tolist()]
+    for depth in range(levels, max(1, min_depth) - 1, -1):
+        seen: set[Path] = set()
+        for beam, row in enumerate(rows):
+            prefix = row[:depth]
+            if prefix not in seen:
+                seen.add(prefix)
+                probes.append(Probe(depth, beam, prefix))
+    return probes
+
+
+def fetch_size(limit: int) -> int:
+    """Entries to read from the head of each list for an exact top-`limit`.
+
+    A list is only read while fewer than `limit` items are picked, and an item occurs once
+    per list, so among its first `limit` entries at most `picked` are already taken: the
+    rest are enough to fill up to `limit`."""
+    return max(0, limit)
+
+
+def pick_ranked(lists: Sequence[Sequence[H]], limit: int) -> list[H]:
+    """Walk the fetched lists (in `plan_probes` order) and keep the first `limit` distinct
+    entries. An entry must name its item the same way in every list (a row index, or
+    Redis's 'sid|id', which a consistent snapshot gives one spelling)."""
+    picked: list[H] = []
+    seen: set[H] = set()
+    if limit <= 0:
+        return picked
+    for entries in lists:
+        for entry in entries:
+            if entry not in seen:
+                seen.add(entry)
+                picked.append(entry)
+                if len(picked) == limit:
+                    return picked
+    return picked
+
+
+def assign_sids(
+    ids: Sequence[str],
+    paths: Sequence[Path],
+    stored: Sequence[np.ndarray | None],
+    next_code: Callable[[Path], int],
+    levels: int,
+) -> tuple[np.ndarray, dict[Path, int]]:
+    """The upsert rule, applied in order: an item whose stored SID has the same path keeps it;
+    any other (new, or moved to another path) takes its path's next disambiguation code.
+    Counters only grow, so a SID is never handed out twice, even after its item moved away.
+
+    `stored`: the SIDs at the start of the call; `next_code(path)`: the stored counter.
+    Returns the SIDs (n, L+1) int32 and the counters to store afterwards."""
+    out = np.zeros((len(ids), levels + 1), dtype=np.int32)
+    current: dict[str, tuple[int, ...]] = {}
+    counters: dict[Path, int] = {}
+    for k, (item_id, path) in enumerate(zip(ids, paths, strict=True)):
+        sid = current.get(item_id)
+        if sid is None and stored[k] is not None:
+            sid = tuple(int(c) for c in stored[k])  # type: ignore[union-attr]
+        if sid is None or sid[:levels] != path:
+            code = counters[path] if path in counters else next_code(path)
+            counters[path] = code + 1
+            sid = (*path, code)
+        current[item_id] = sid
+        out[k] = sid
+    return out, counters

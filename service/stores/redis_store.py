@@ -1,0 +1,279 @@
+"""SidStore on Redis: several gateways share one table, and upserts reach all of them.
+
+Key layout of model version V (the braces are a Redis Cluster hash tag: every key of a
+version lives in one slot, so the transactions and the upsert script stay cluster-safe):
+
+    sidserve:{V}:meta           hash   levels, items, loaded ("1" once complete), table_sha256
+    sidserve:{V}:sid            hash   item id -> SID string "12-5-201-0"
+    sidserve:{V}:p:12-5         list   "{sid}|{item id}" of the items under prefix 12-5, one
+                                       list per prefix of depth 1..L, in insertion order
+    sidserve:{V}:next           hash   full path "12-5-201" -> next free disambiguation code
+    sidserve:active             string the model version the gateways serve
+
+Versions never share a key, so a new model is loaded beside the serving one and switched to
+with one SET of `sidserve:active` (`sidserve load-items --activate`). Each list entry carries
+the SID as well as the id, so `candidates_many` is a single MULTI/EXEC of LRANGEs for a whole
+batch of queries: one round trip, read from one consistent snapshot. `upsert` is one Lua
+script (atomic), `get_sids` one HMGET, `preview` and `ping` one pipeline each. Every call
+runs under a deadline of `timeout_s` (socket timeouts too), and connection failures and
+timeouts become StoreUnavailable (a 503).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from service.stores.base import (
+    Candidates,
+    StoreUnavailable,
+    assign_sids,
+    check_items,
+    fetch_size,
+    format_sid,
+    parse_sids,
+    pick_ranked,
+    plan_probes,
+)
+
+ACTIVE_KEY = "sidserve:active"
+UNAVAILABLE_ERRORS = (RedisConnectionError, RedisTimeoutError, TimeoutError, OSError)
+_VERSION = re.compile(r"[0-9A-Za-z._-]{1,64}")
+
+# KEYS: sid hash, next hash, meta hash. ARGV: prefix-list key stem, then (item id, path) pairs.
+# Redis runs a script atomically, so concurrent upserts never share a disambiguation code,
+# and a moved item is out of its old lists before anyone can read the new ones.
+UPSERT_LUA = """
+local stem, out, added = ARGV[1], {}, 0
+for i = 2, #ARGV, 2 do
+  local id, path = ARGV[i], ARGV[i + 1]
+  local old = redis.call('HGET', KEYS[1], id)
+  local sid = nil
+  if old then
+    local old_path = string.match(old, '^(.*)%-%d+$')
+    if old_path == path then
+      sid = old
+    else
+      local entry, prefix = old .. '|' .. id, nil
+      for code in string.gmatch(old_path, '%d+') do
+        prefix = prefix and (prefix .. '-' .. code) or code
+        redis.call('LREM', stem .. prefix, 0, entry)
+      end
+    end
+  else
+    added = added + 1
+  end
+  if not sid then
+    sid = path .. '-' .. (redis.call('HINCRBY', KEYS[2], path, 1) - 1)
+    redis.call('HSET', KEYS[1], id, sid)
+    local entry, prefix = sid .. '|' .. id, nil
+    for code in string.gmatch(path, '%d+') do
+      prefix = prefix and (prefix .. '-' .. code) or code
+      redis.call('RPUSH', stem .. prefix, entry)
+    end
+  end
+  out[#out + 1] = sid
+end
+if added > 0 then redis.call('HINCRBY', KEYS[3], 'items', added) end
+return out
+"""
+
+
+class Keys:
+    """The key names of one model version (see the module docstring)."""
+
+    def __init__(self, model_version: str) -> None:
+        if not _VERSION.fullmatch(model_version):
+            raise ValueError(f"model version {model_version!r}: expected [0-9A-Za-z._-]{{1,64}}")
+        self.namespace = f"sidserve:{{{model_version}}}:"
+        self.meta = self.namespace + "meta"
+        self.sids = self.namespace + "sid"
+        self.next = self.namespace + "next"
+        self.list_stem = self.namespace + "p:"
+        self.pattern = self.namespace + "*"  # SCAN MATCH: no glob characters in a version
+
+    def prefix_list(self, prefix: Sequence[int] | str) -> str:
+        return self.list_stem + (prefix if isinstance(prefix, str) else format_sid(prefix))
+
+
+def safe_url(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return urlunsplit(parts._replace(netloc=user + netloc))
+
+
+def make_client(url: str, timeout_s: float, retries: int = 1) -> aioredis.Redis:
+    """An asyncio client whose every socket operation is bounded by `timeout_s`."""
+    return aioredis.Redis.from_url(
+        url,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        retry=Retry(NoBackoff(), retries),
+        decode_responses=True,
+    )
+
+
+@contextlib.asynccontextmanager
+async def guarded(url: str, what: str, timeout_s: float) -> AsyncIterator[None]:
+    """Deadline + error mapping around one round trip: any failure to get an answer in time
+    is StoreUnavailable, naming the server and the operation."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            yield
+    except UNAVAILABLE_ERRORS as exc:
+        detail = str(exc) or type(exc).__name__
+        raise StoreUnavailable(f"Redis at {safe_url(url)}: {what} failed ({detail})") from exc
+
+
+class RedisStore:
+    """SidStore of one model version in Redis (loaded by `sidserve load-items`)."""
+
+    def __init__(
+        self,
+        url: str,
+        model_version: str,
+        levels: int,
+        *,
+        timeout_s: float = 1.0,
+        retries: int = 1,
+    ) -> None:
+        if levels < 1 or timeout_s <= 0:
+            raise ValueError(f"levels must be >= 1 and timeout_s > 0, got {levels}, {timeout_s}")
+        self.model_version = model_version
+        self.levels = levels
+        self.url = safe_url(url)
+        self.timeout_s = timeout_s
+        self.keys = Keys(model_version)
+        self._client = make_client(url, timeout_s, retries)
+        self._upsert = self._client.register_script(UPSERT_LUA)
+        self._items: int | None = None
+
+    @classmethod
+    async def open(
+        cls, url: str, model_version: str | None = None, *, timeout_s: float = 1.0
+    ) -> RedisStore:
+        """A store of `model_version` (default: `sidserve:active`), levels read from its meta;
+        StoreUnavailable when Redis is down or the version is not (completely) loaded."""
+        client = make_client(url, timeout_s)
+        try:
+            if model_version is None:
+                async with guarded(url, "reading the active version", timeout_s):
+                    model_version = await client.get(ACTIVE_KEY)
+                if not model_version:
+                    raise StoreUnavailable(f"no {ACTIVE_KEY} in Redis at {safe_url(url)}")
+            async with guarded(url, "reading the version's meta", timeout_s):
+                levels = await client.hget(Keys(model_version).meta, "levels")
+        finally:
+            await client.aclose()
+        if levels is None:
+            raise StoreUnavailable(f"model version {model_version} not in Redis at {safe_url(url)}")
+        store = cls(url, model_version, int(levels), timeout_s=timeout_s)
+        await store.ping()
+        return store
+
+    def _guard(self, what: str) -> contextlib.AbstractAsyncContextManager[None]:
+        return guarded(self.url, what, self.timeout_s)
+
+    async def candidates(self, paths: np.ndarray, limit: int, min_depth: int = 0) -> Candidates:
+        return (await self.candidates_many([paths], limit, min_depth))[0]
+
+    async def candidates_many(
+        self, paths: Sequence[np.ndarray], limit: int, min_depth: int = 0
+    ) -> list[Candidates]:
+        plans = [plan_probes(p, self.levels, min_depth) if limit > 0 else [] for p in paths]
+        if not any(plans):
+            return [Candidates.empty(self.levels) for _ in plans]
+        stop = fetch_size(limit) - 1
+        async with self._guard("candidates"), self._client.pipeline(transaction=True) as pipe:
+            for probes in plans:
+                for probe in probes:
+                    pipe.lrange(self.keys.prefix_list(probe.prefix), 0, stop)
+            lists = await pipe.execute()
+        out, start = [], 0
+        for probes in plans:
+            picked = pick_ranked(lists[start : start + len(probes)], limit)
+            start += len(probes)
+            entries = [entry.partition("|") for entry in picked]
+            sids = parse_sids([sid for sid, _, _ in entries], self.levels + 1)
+            out.append(Candidates([item_id for _, _, item_id in entries], sids))
+        return out
+
+    async def get_sids(self, item_ids: Sequence[str]) -> list[np.ndarray | None]:
+        if not item_ids:
+            return []
+        async with self._guard("get_sids"):
+            found = await self._client.hmget(self.keys.sids, [str(i) for i in item_ids])
+        return [None if s is None else parse_sids([s], self.levels + 1)[0] for s in found]
+
+    async def upsert(self, items: Sequence[tuple[str, np.ndarray]]) -> np.ndarray:
+        ids, paths = check_items(items, self.levels)
+        if not ids:
+            return np.zeros((0, self.levels + 1), dtype=np.int32)
+        args = [self.keys.list_stem]
+        for item_id, path in zip(ids, paths, strict=True):
+            args += [item_id, format_sid(path)]
+        keys = [self.keys.sids, self.keys.next, self.keys.meta]
+        # safe to retry: a repeated upsert finds the path it wrote and keeps the SID
+        async with self._guard("upsert"):
+            sids = await self._upsert(keys=keys, args=args)
+        return parse_sids(list(sids), self.levels + 1)
+
+    async def preview(self, items: Sequence[tuple[str, np.ndarray]]) -> np.ndarray:
+        ids, paths = check_items(items, self.levels)
+        if not ids:
+            return np.zeros((0, self.levels + 1), dtype=np.int32)
+        names = sorted({format_sid(p) for p in paths})
+        async with self._guard("preview"), self._client.pipeline(transaction=True) as pipe:
+            pipe.hmget(self.keys.sids, ids)
+            pipe.hmget(self.keys.next, names)
+            stored_text, next_text = await pipe.execute()
+        stored = [None if t is None else parse_sids([t], self.levels + 1)[0] for t in stored_text]
+        counters = {n: int(c or 0) for n, c in zip(names, next_text, strict=True)}
+        sids, _ = assign_sids(ids, paths, stored, lambda p: counters[format_sid(p)], self.levels)
+        return sids
+
+    async def ping(self) -> None:
+        """Redis answers and this version is completely loaded with the expected levels."""
+        async with self._guard("ping"), self._client.pipeline(transaction=False) as pipe:
+            pipe.ping()
+            pipe.hmget(self.keys.meta, ["loaded", "levels", "items"])
+            _, (loaded, levels, items) = await pipe.execute()
+        if loaded != "1":
+            raise StoreUnavailable(
+                f"model version {self.model_version} is not (completely) loaded in Redis at "
+                f"{self.url}: run `sidserve load-items`"
+            )
+        if int(levels) != self.levels:
+            raise StoreUnavailable(
+                f"model version {self.model_version} has {levels} levels in Redis at {self.url}, "
+                f"this gateway expects {self.levels}"
+            )
+        self._items = int(items)
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "backend": "redis",
+            "url": self.url,
+            "model_version": self.model_version,
+            "levels": self.levels,
+            "timeout_s": self.timeout_s,
+            "items": self._items,  # as of the last ping
+        }

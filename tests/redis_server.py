@@ -1,0 +1,81 @@
+"""A real, throwaway `redis-server` for the tests (session-scoped fixture `redis_server`).
+
+Enable it with `pytest_plugins = ["tests.redis_server"]` in tests/conftest.py. The server
+listens on a free loopback port, persists nothing, and is terminated at the end of the
+session whatever happened. Without the `redis-server` binary the tests fail (they are the
+only check of the Redis store): install it with `apt-get install -y redis-server`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+START_TIMEOUT_S = 10.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _answers_ping(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def running_redis(binary: str) -> Iterator[str]:
+    """Start redis-server on a free port, yield its URL, always terminate it."""
+    with tempfile.TemporaryDirectory(prefix="sidserve-redis-") as workdir:
+        log = Path(workdir) / "redis.log"
+        output = ""
+        for _attempt in range(3):  # another process may grab the port between probe and bind
+            port = free_port()
+            args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+            args += ["--appendonly", "no", "--dir", workdir, "--logfile", str(log)]
+            proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                deadline = time.monotonic() + START_TIMEOUT_S
+                while proc.poll() is None and time.monotonic() < deadline:
+                    if _answers_ping(port):
+                        yield f"redis://127.0.0.1:{port}/0"
+                        return
+                    time.sleep(0.05)
+                output = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+            finally:
+                if proc.poll() is None:
+                    proc.terminate()
+                    try:
+                        proc.wait(5)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                        proc.wait()
+        pytest.fail(f"redis-server did not answer PING on 127.0.0.1; its log ends: {output}")
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[str]:
+    """URL of a live, empty-at-start redis-server (tests should use their own versions or
+    FLUSHDB themselves: the server is shared by the whole session)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail(
+            "redis-server is not on PATH; the Redis store tests need a real server: "
+            "apt-get install -y redis-server"
+        )
+    with running_redis(binary) as url:
+        yield url

@@ -1,0 +1,632 @@
+"""The SidStore behaviour suite, run against both stores (in-process arrays and real Redis),
+plus the Redis-only parts: key layout, `sidserve load-items`, unavailability."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import redis
+
+from export.bundle import finish_bundle, write_item_table
+from service.load_items import load_table
+from service.stores.base import SidStore, StoreUnavailable
+from service.stores.memory import MemoryStore
+from service.stores.redis_store import ACTIVE_KEY, Keys, RedisStore
+from sidserve.cli import main as sidserve_main
+from tests.redis_server import free_port
+
+ODD_IDS = ["a|b", "ü-1", "x y", "-", "p:1", "*"]  # ids the key/entry encodings must survive
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def disambiguate(paths: np.ndarray, stride: int = 1) -> np.ndarray:
+    """(N, L) -> (N, L+1); codes per path are 0, stride, 2*stride, ... (gaps are allowed)."""
+    seen: dict[tuple[int, ...], int] = {}
+    extra = []
+    for row in map(tuple, paths.tolist()):
+        extra.append(seen.get(row, 0) * stride)
+        seen[row] = seen.get(row, 0) + 1
+    return np.concatenate([paths, np.array(extra)[:, None]], axis=1).astype(np.int32)
+
+
+def random_table(
+    rng: np.random.Generator, n: int, levels: int, k: int
+) -> tuple[list[str], np.ndarray]:
+    paths = rng.integers(0, k, size=(n, levels))
+    ids = [f"item-{i}" for i in range(n)]
+    for j, odd in enumerate(ODD_IDS[: n // 3]):
+        ids[3 * j] = odd
+    return ids, disambiguate(paths, stride=int(rng.integers(1, 3)))
+
+
+def random_beams(rng: np.random.Generator, sids: np.ndarray, levels: int, k: int) -> np.ndarray:
+    """Beams that share prefixes with items and with each other, or with nothing."""
+    beams: list[np.ndarray] = []
+    for _ in range(int(rng.integers(0, 7))):
+        kind = rng.integers(0, 3)
+        if kind == 0 and len(sids):
+            beam = sids[rng.integers(len(sids)), :levels].astype(np.int64)
+        elif kind == 1 and beams:
+            beam = beams[rng.integers(len(beams))].copy()
+            cut = int(rng.integers(0, levels + 1))
+            beam[cut:] = rng.integers(0, k + 1, size=levels - cut)
+        else:
+            beam = rng.integers(0, k + 1, size=levels)
+        beams.append(beam)
+    return np.array(beams, dtype=np.int64).reshape(len(beams), levels)
+
+
+@dataclass
+class Reference:
+    """The store semantics, written the slow obvious way."""
+
+    levels: int
+    order: list[str] = field(default_factory=list)  # insertion order; a move goes to the end
+    sid: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    next: dict[tuple[int, ...], int] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, ids: list[str], sids: np.ndarray) -> Reference:
+        ref = cls(sids.shape[1] - 1)
+        for item_id, row in zip(ids, sids.tolist(), strict=True):
+            ref.order.append(item_id)
+            ref.sid[item_id] = tuple(row)
+            path = tuple(row[:-1])
+            ref.next[path] = max(ref.next.get(path, 0), row[-1] + 1)
+        return ref
+
+    def upsert(self, item_id: str, path: tuple[int, ...]) -> tuple[int, ...]:
+        old = self.sid.get(item_id)
+        if old is not None and old[:-1] == path:
+            return old
+        code = self.next.get(path, 0)
+        self.next[path] = code + 1
+        if old is not None:
+            self.order.remove(item_id)
+        self.order.append(item_id)
+        self.sid[item_id] = (*path, code)
+        return self.sid[item_id]
+
+    def candidates(self, beams: np.ndarray, limit: int, min_depth: int) -> list[str]:
+        ranked = []
+        for pos, item_id in enumerate(self.order):
+            path = self.sid[item_id][:-1]
+            depths = [_common(path, tuple(b)) for b in beams.tolist()]
+            if depths and max(depths) >= max(1, min_depth):
+                best = max(depths)
+                ranked.append((-best, depths.index(best), pos, item_id))
+        return [item_id for *_, item_id in sorted(ranked)[: max(0, limit)]]
+
+    def lists(self, keys: Keys) -> dict[str, list[str]]:
+        """Every prefix list Redis should hold, exactly."""
+        out: dict[str, list[str]] = {}
+        for item_id in self.order:
+            sid = self.sid[item_id]
+            text = "-".join(map(str, sid))
+            for depth in range(1, self.levels + 1):
+                out.setdefault(keys.prefix_list(sid[:depth]), []).append(f"{text}|{item_id}")
+        return out
+
+
+def _common(a: tuple[int, ...], b: tuple[int, ...]) -> int:
+    n = 0
+    while n < len(a) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def dump(client: redis.Redis, pattern: str = "sidserve:*") -> dict[str, Any]:
+    """Every key under `pattern` with its value, for exact comparisons."""
+    out: dict[str, Any] = {}
+    for key in client.scan_iter(match=pattern, count=500):
+        kind = client.type(key)
+        if kind == "hash":
+            out[key] = client.hgetall(key)
+        elif kind == "list":
+            out[key] = client.lrange(key, 0, -1)
+        else:
+            out[key] = client.get(key)
+    return out
+
+
+def prefix_lists(client: redis.Redis, keys: Keys) -> dict[str, list[str]]:
+    """All prefix lists of a version, found by SCAN (so stale lists cannot hide)."""
+    return {
+        key: client.lrange(key, 0, -1)
+        for key in client.scan_iter(match=keys.list_stem + "*", count=500)
+    }
+
+
+@dataclass
+class Backend:
+    """Builds stores of one kind; `client` (sync, Redis only) is for inspecting keys."""
+
+    kind: str
+    url: str | None = None
+    client: redis.Redis | None = None
+
+    async def make(self, ids: list[str], sids: np.ndarray, version: str = "v1") -> SidStore:
+        if self.client is None:
+            return MemoryStore.from_arrays(ids, sids, version)
+        assert self.url is not None
+        load_table(self.client, version, ids, sids, batch=7)  # small batches: crossing them
+        return RedisStore(self.url, version, sids.shape[1] - 1, timeout_s=2.0)
+
+    def run(
+        self,
+        ids: list[str],
+        sids: np.ndarray,
+        body: Callable[[SidStore], Awaitable[Any]],
+        version: str = "v1",
+    ) -> Any:
+        async def main() -> Any:
+            store = await self.make(ids, sids, version)
+            try:
+                return await body(store)
+            finally:
+                await store.close()
+
+        return asyncio.run(main())
+
+
+@pytest.fixture(params=["memory", "redis"])
+def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    if request.param == "memory":
+        yield Backend("memory")
+        return
+    url = request.getfixturevalue("redis_server")
+    client = redis.Redis.from_url(url, decode_responses=True)
+    client.flushdb()
+    try:
+        yield Backend("redis", url, client)
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def redis_client(redis_server: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_server, decode_responses=True)
+    client.flushdb()
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def check_against(store: SidStore, ref: Reference, beams: np.ndarray, limit: int, depth: int):
+    """Coroutine: the store's candidates equal the reference's, ids and SIDs."""
+
+    async def check() -> None:
+        found = await store.candidates(beams, limit, depth)
+        want = ref.candidates(beams, limit, depth)
+        assert found.item_ids == want, (beams.tolist(), limit, depth)
+        assert found.sids.dtype == np.int32 and found.sids.shape == (len(want), ref.levels + 1)
+        assert [tuple(r) for r in found.sids.tolist()] == [ref.sid[i] for i in want]
+
+    return check()
+
+
+# ------------------------------------------------------------------------------ reads
+
+
+def test_candidates_match_brute_force(backend: Backend) -> None:
+    for seed in range(30):
+        rng = np.random.default_rng(seed)
+        levels, k = int(rng.integers(1, 4)), int(rng.integers(2, 5))
+        ids, sids = random_table(rng, int(rng.integers(0, 50)), levels, k)
+        ref = Reference.of(ids, sids)
+        beam_sets = [random_beams(rng, sids, levels, k) for _ in range(4)]
+
+        async def body(store: SidStore, ref=ref, beam_sets=beam_sets, levels=levels) -> None:
+            for beams in beam_sets:
+                for depth in range(levels + 2):
+                    for limit in (0, 1, 2, 5, 17, 1000):
+                        await check_against(store, ref, beams, limit, depth)
+
+        backend.run(ids, sids, body)
+
+
+def test_candidates_many_is_candidates_per_query(backend: Backend) -> None:
+    rng = np.random.default_rng(7)
+    ids, sids = random_table(rng, 60, 3, 3)
+    queries = [random_beams(rng, sids, 3, 3) for _ in range(6)]
+
+    async def body(store: SidStore) -> None:
+        many = await store.candidates_many(queries, 9, 1)
+        assert len(many) == len(queries)
+        for beams, found in zip(queries, many, strict=True):
+            one = await store.candidates(beams, 9, 1)
+            ids_many, sids_many = found  # unpacks as (item_ids, sids)
+            assert ids_many == one.item_ids
+            np.testing.assert_array_equal(sids_many, one.sids)
+        assert await store.candidates_many([], 5) == []
+
+    backend.run(ids, sids, body)
+
+
+def test_candidates_rejects_bad_paths(backend: Backend) -> None:
+    ids, sids = random_table(np.random.default_rng(0), 10, 2, 3)
+
+    async def body(store: SidStore) -> None:
+        for bad in (np.zeros((2, 3), np.int64), np.zeros(2, np.int64), np.full((1, 2), -1)):
+            with pytest.raises(ValueError, match="paths"):
+                await store.candidates(bad, 5)
+
+    backend.run(ids, sids, body)
+
+
+def test_get_sids_known_and_unknown(backend: Backend) -> None:
+    ids, sids = random_table(np.random.default_rng(1), 20, 3, 4)
+
+    async def body(store: SidStore) -> None:
+        asked = [ids[3], "nope", ids[0], "", ids[19], "a|b|c"]
+        got = await store.get_sids(asked)
+        assert [g is None for g in got] == [False, True, False, True, False, True]
+        for item_id, sid in zip(asked, got, strict=True):
+            if sid is not None:
+                assert sid.dtype == np.int32
+                np.testing.assert_array_equal(sid, sids[ids.index(item_id)])
+        assert await store.get_sids([]) == []
+
+    backend.run(ids, sids, body)
+
+
+# ------------------------------------------------------------------------------ writes
+
+
+def test_upsert_new_item_becomes_candidate(backend: Backend) -> None:
+    ids = ["a", "b", "c"]
+    sids = np.array([[1, 2, 0], [1, 2, 2], [3, 0, 0]], dtype=np.int32)
+
+    async def body(store: SidStore) -> None:
+        out = await store.upsert([("n1", np.array([1, 2])), ("n2", np.array([5, 5]))])
+        # after the highest code the table used on the path (2), and 0 on a new path
+        np.testing.assert_array_equal(out, [[1, 2, 3], [5, 5, 0]])
+        assert out.dtype == np.int32
+        found = await store.candidates(np.array([[1, 2]]), 10, 2)
+        assert found.item_ids == ["a", "b", "n1"]
+        found = await store.candidates(np.array([[5, 1]]), 10, 1)
+        assert found.item_ids == ["n2"]
+        np.testing.assert_array_equal(found.sids, [[5, 5, 0]])
+        (sid,) = await store.get_sids(["n2"])
+        np.testing.assert_array_equal(sid, [5, 5, 0])
+
+    backend.run(ids, sids, body)
+
+
+def test_move_leaves_no_stale_entry(backend: Backend) -> None:
+    ids = ["a", "b", "c", "d"]
+    sids = np.array([[1, 2, 3, 0], [1, 2, 3, 1], [1, 4, 0, 0], [2, 0, 0, 0]], dtype=np.int32)
+
+    async def body(store: SidStore) -> None:
+        (moved,) = await store.upsert([("a", np.array([2, 0, 0]))])
+        np.testing.assert_array_equal(moved, [2, 0, 0, 1])
+        old = await store.candidates(np.array([[1, 2, 3]]), 100, 1)
+        assert old.item_ids == ["b", "c"]
+        new = await store.candidates(np.array([[2, 0, 0]]), 100, 3)
+        assert new.item_ids == ["d", "a"]
+        # moved back: a fresh code; its old 0 on this path is never handed out again
+        (back,) = await store.upsert([("a", np.array([1, 2, 3]))])
+        np.testing.assert_array_equal(back, [1, 2, 3, 2])
+        found = await store.candidates(np.array([[1, 2, 3]]), 100, 1)
+        assert found.item_ids == ["b", "a", "c"]  # depth 3 first, then depth 2 ("c": 1-4)
+        assert (await store.candidates(np.array([[2, 0, 0]]), 100, 1)).item_ids == ["d"]
+        if backend.client is not None:
+            ref = Reference.of(ids, sids)
+            ref.upsert("a", (2, 0, 0))
+            ref.upsert("a", (1, 2, 3))
+            assert prefix_lists(backend.client, Keys("v1")) == ref.lists(Keys("v1"))
+
+    backend.run(ids, sids, body)
+
+
+def test_random_upserts_match_reference(backend: Backend) -> None:
+    for seed in range(12):
+        rng = np.random.default_rng(100 + seed)
+        levels, k = int(rng.integers(1, 4)), 3
+        ids, sids = random_table(rng, int(rng.integers(0, 30)), levels, k)
+        ref = Reference.of(ids, sids)
+
+        async def body(store: SidStore, rng=rng, ref=ref, levels=levels, k=k) -> None:
+            for step in range(25):
+                batch = []
+                for _ in range(int(rng.integers(1, 4))):
+                    known = list(ref.sid)
+                    if known and rng.random() < 0.6:
+                        item_id = known[rng.integers(len(known))]
+                        same = rng.random() < 0.3
+                        path = ref.sid[item_id][:-1] if same else tuple(rng.integers(0, k, levels))
+                    else:
+                        item_id, path = (
+                            f"new-{step}-{len(batch)}",
+                            tuple(rng.integers(0, k, levels)),
+                        )
+                    batch.append((item_id, np.array(path)))
+                want = [ref.upsert(i, tuple(int(c) for c in p)) for i, p in batch]
+                got = await store.upsert(batch)
+                assert [tuple(r) for r in got.tolist()] == want
+                beams = random_beams(rng, np.array(list(ref.sid.values())), levels, k)
+                for depth in range(levels + 1):
+                    await check_against(store, ref, beams, int(rng.integers(1, 40)), depth)
+            everyone = list(ref.sid)
+            got_sids = await store.get_sids([*everyone, "missing"])
+            assert got_sids[-1] is None
+            assert [tuple(s.tolist()) for s in got_sids[:-1]] == [ref.sid[i] for i in everyone]
+            if backend.client is not None:
+                keys = Keys("v1")
+                assert prefix_lists(backend.client, keys) == ref.lists(keys)
+                assert backend.client.hgetall(keys.sids) == {
+                    i: "-".join(map(str, s)) for i, s in ref.sid.items()
+                }
+                assert backend.client.hget(keys.meta, "items") == str(len(ref.sid))
+
+        if backend.client is not None:
+            backend.client.flushdb()
+        backend.run(ids, sids, body)
+
+
+def test_upsert_is_idempotent(backend: Backend) -> None:
+    ids, sids = random_table(np.random.default_rng(2), 30, 2, 3)
+    items = [(ids[0], np.array([9, 9])), ("fresh", np.array([0, 1])), (ids[5], sids[5, :2])]
+
+    async def body(store: SidStore) -> None:
+        first = await store.upsert(items)
+        before = dump(backend.client) if backend.client is not None else None
+        again = await store.upsert(items)
+        np.testing.assert_array_equal(first, again)
+        np.testing.assert_array_equal(first[2], sids[5])  # same path: SID kept
+        if backend.client is not None:
+            assert dump(backend.client) == before
+        found = await store.candidates(np.array([[9, 9], [0, 1]]), 100, 2)
+        assert found.item_ids.count(ids[0]) == 1 and found.item_ids.count("fresh") == 1
+
+    backend.run(ids, sids, body)
+
+
+def test_preview_matches_upsert_and_stores_nothing(backend: Backend) -> None:
+    ids = ["a", "b"]
+    sids = np.array([[1, 1, 0], [1, 1, 4]], dtype=np.int32)
+    items = [("a", np.array([1, 1])), ("b", np.array([2, 2])), ("c", np.array([1, 1]))]
+    items.append(("c", np.array([2, 2])))  # the same id twice in a call: applied in order
+
+    async def body(store: SidStore) -> None:
+        before = dump(backend.client) if backend.client is not None else None
+        preview = await store.preview(items)
+        assert await store.get_sids(["c"]) == [None]
+        if backend.client is not None:
+            assert dump(backend.client) == before
+        done = await store.upsert(items)
+        np.testing.assert_array_equal(preview, done)
+        np.testing.assert_array_equal(done, [[1, 1, 0], [2, 2, 0], [1, 1, 5], [2, 2, 1]])
+
+    backend.run(ids, sids, body)
+
+
+def test_upsert_rejects_bad_items(backend: Backend) -> None:
+    ids, sids = random_table(np.random.default_rng(3), 5, 2, 3)
+
+    async def body(store: SidStore) -> None:
+        for bad in ([("x", np.array([1, 2, 3]))], [("", np.array([1, 2]))], [("y", [-1, 0])]):
+            with pytest.raises(ValueError):
+                await store.upsert(bad)
+        assert (await store.upsert([])).shape == (0, 3)
+
+    backend.run(ids, sids, body)
+
+
+def test_concurrent_upserts_get_distinct_sids(backend: Backend) -> None:
+    ids = ["a", "b"]
+    sids = np.array([[4, 4, 0], [4, 4, 1]], dtype=np.int32)
+
+    async def body(store: SidStore) -> None:
+        # for Redis a second store (another connection pool), as another gateway would be
+        other = store
+        if backend.url is not None:
+            other = RedisStore(backend.url, "v1", 2, timeout_s=2.0)
+        try:
+            calls = [
+                (store if n % 2 else other).upsert([(f"n{n}", np.array([4, 4]))]) for n in range(40)
+            ]
+            results = await asyncio.gather(*calls)
+        finally:
+            if other is not store:
+                await other.close()
+        codes = sorted(int(r[0, 2]) for r in results)
+        assert codes == list(range(2, 42))  # distinct, after the table's 0 and 1, no gaps
+        found = await store.candidates(np.array([[4, 4]]), 100, 2)
+        assert len(found.item_ids) == 42 == len(set(map(tuple, found.sids.tolist())))
+
+    backend.run(ids, sids, body)
+
+
+def test_versions_are_isolated(backend: Backend) -> None:
+    ids_a, sids_a = ["a1", "a2"], np.array([[1, 0], [1, 1]], dtype=np.int32)
+    ids_b, sids_b = ["b1", "a1"], np.array([[1, 0], [2, 0]], dtype=np.int32)
+
+    async def body() -> None:
+        one = await backend.make(ids_a, sids_a, "ver-a")
+        two = await backend.make(ids_b, sids_b, "ver-b")
+        try:
+            assert (await one.candidates(np.array([[1]]), 10)).item_ids == ["a1", "a2"]
+            assert (await two.candidates(np.array([[1]]), 10)).item_ids == ["b1"]
+            await one.upsert([("a1", np.array([7])), ("new", np.array([1]))])
+            assert (await two.candidates(np.array([[7]]), 10)).item_ids == []
+            assert (await two.get_sids(["new", "a1"]))[0] is None
+            np.testing.assert_array_equal((await two.get_sids(["a1"]))[0], [2, 0])
+            if backend.client is not None:  # reloading one version leaves the other alone
+                a_keys = dump(backend.client, Keys("ver-a").pattern)
+                load_table(backend.client, "ver-b", ids_b, sids_b)
+                assert dump(backend.client, Keys("ver-a").pattern) == a_keys
+                assert all(
+                    k.startswith(("sidserve:{ver-a}:", "sidserve:{ver-b}:"))
+                    for k in dump(backend.client)
+                )
+        finally:
+            await one.close()
+            await two.close()
+
+    asyncio.run(body())
+
+
+def test_memory_stats_report_bytes_per_item() -> None:
+    ids, sids = random_table(np.random.default_rng(4), 1000, 3, 16)
+    stats = MemoryStore.from_arrays(ids, sids, "v").stats()
+    assert stats["items"] == 1000 and 20 < stats["bytes_per_item"] < 300, stats
+    assert MemoryStore.from_arrays([], np.zeros((0, 4), np.int32), "v").stats()["items"] == 0
+
+
+# ------------------------------------------------------------------------------ Redis only
+
+
+def test_ping_and_open(redis_client: redis.Redis, redis_server: str) -> None:
+    ids, sids = ["a"], np.array([[1, 2, 0]], dtype=np.int32)
+
+    async def body() -> None:
+        absent = RedisStore(redis_server, "not-loaded", 2, timeout_s=1.0)
+        with pytest.raises(StoreUnavailable, match="not .*loaded"):
+            await absent.ping()
+        await absent.close()
+        with pytest.raises(StoreUnavailable, match=ACTIVE_KEY):
+            await RedisStore.open(redis_server)
+        load_table(redis_client, "v9", ids, sids)
+        redis_client.set(ACTIVE_KEY, "v9")
+        store = await RedisStore.open(redis_server)
+        assert (store.model_version, store.levels, store.stats()["items"]) == ("v9", 2, 1)
+        wrong = RedisStore(redis_server, "v9", 3, timeout_s=1.0)
+        with pytest.raises(StoreUnavailable, match="levels"):
+            await wrong.ping()
+        for s in (store, wrong):
+            await s.close()
+
+    asyncio.run(body())
+
+
+def _assert_unavailable_fast(url: str, timeout_s: float) -> None:
+    async def body() -> None:
+        store = RedisStore(url, "v1", 2, timeout_s=timeout_s)
+        calls = [
+            store.ping(),
+            store.candidates(np.array([[1, 2]]), 5),
+            store.get_sids(["a"]),
+            store.upsert([("a", np.array([1, 2]))]),
+        ]
+        try:
+            for call in calls:
+                started = time.monotonic()
+                with pytest.raises(StoreUnavailable, match="Redis at"):
+                    await call
+                assert time.monotonic() - started < 2.0
+        finally:
+            await store.close()
+
+    asyncio.run(body())
+
+
+def test_redis_down_is_unavailable_quickly() -> None:
+    _assert_unavailable_fast(f"redis://127.0.0.1:{free_port()}/0", 1.0)  # nothing listens
+
+
+def test_silent_redis_is_unavailable_within_timeout() -> None:
+    with socket.socket() as server:  # accepts connections (backlog) but never answers
+        server.bind(("127.0.0.1", 0))
+        server.listen(16)
+        _assert_unavailable_fast(f"redis://127.0.0.1:{server.getsockname()[1]}/0", 0.3)
+
+
+# ------------------------------------------------------------------------------ load-items
+
+
+def write_bundle(root: Path, ids: list[str], sids: np.ndarray) -> Path:
+    """A tiny bundle: real item table, placeholder tokenizer and graphs (only checksummed)."""
+    staging = root / "staging"
+    staging.mkdir()
+    (staging / "tokenizer.json").write_text("{}")
+    (staging / "encoder.onnx").write_bytes(b"not a graph")
+    (staging / "decoder_step.onnx").write_bytes(b"not a graph either")
+    write_item_table(staging, ids, sids)
+    levels = sids.shape[1] - 1
+    return finish_bundle(
+        staging,
+        root / "bundle",
+        levels=levels,
+        codebook_sizes=[int(sids[:, :levels].max()) + 1] * levels,
+        hidden_size=8,
+        tokenizer={
+            "max_query_tokens": 8,
+            "max_item_tokens": 8,
+            "pad_id": 0,
+            "cls_id": 1,
+            "sep_id": 2,
+        },
+        graphs={"encoder": "encoder.onnx", "decoder_step": "decoder_step.onnx"},
+        item_count=len(ids),
+        source={"test": True},
+    )
+
+
+def test_load_items_twice_gives_identical_keys(
+    tmp_path: Path, redis_client: redis.Redis, redis_server: str, capsys: pytest.CaptureFixture
+) -> None:
+    ids, sids = random_table(np.random.default_rng(5), 200, 3, 4)
+    bundle = write_bundle(tmp_path, ids, sids)
+    argv = ["load-items", "--bundle", str(bundle), "--redis-url", redis_server, "--batch", "33"]
+    assert sidserve_main([*argv, "--activate"]) == 0
+    out = capsys.readouterr().out
+    assert "loaded 200 items" in out and "items/s" in out
+    first = dump(redis_client)
+    version = redis_client.get(ACTIVE_KEY)
+    keys = Keys(version)
+    assert first[keys.meta]["loaded"] == "1" and first[keys.meta]["items"] == "200"
+    assert prefix_lists(redis_client, keys) == Reference.of(ids, sids).lists(keys)
+
+    async def touch() -> None:  # an upsert between the loads is undone by the reload
+        store = await RedisStore.open(redis_server)
+        await store.upsert([(ids[0], np.array([3, 3, 3])), ("extra", np.array([0, 0, 0]))])
+        await store.close()
+
+    asyncio.run(touch())
+    assert dump(redis_client) != first
+    assert sidserve_main(argv) == 0
+    assert dump(redis_client) == first
+
+
+def test_load_items_refuses_a_bad_bundle(
+    tmp_path: Path, redis_server: str, capsys: pytest.CaptureFixture
+) -> None:
+    bundle = write_bundle(tmp_path, ["a", "b"], np.array([[0, 0], [0, 1]], dtype=np.int32))
+    (bundle / "encoder.onnx").write_bytes(b"not a graph, changed")
+    argv = ["load-items", "--bundle", str(bundle), "--redis-url", redis_server]
+    assert sidserve_main(argv) == 2
+    err = capsys.readouterr().err
+    assert "encoder.onnx" in err and "sha256" in err
+
+
+def test_load_items_names_an_unreachable_url(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    bundle = write_bundle(tmp_path, ["a"], np.array([[0, 0]], dtype=np.int32))
+    url = f"redis://:secret@127.0.0.1:{free_port()}/0"
+    started = time.monotonic()
+    assert sidserve_main(["load-items", "--bundle", str(bundle), "--redis-url", url]) == 2
+    assert time.monotonic() - started < 5
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "127.0.0.1" in err and "secret" not in err, err
+
+
+def test_store_modules_do_not_import_training_or_torch() -> None:
+    code = (
+        "import sys, service.stores.memory, service.stores.redis_store, service.load_items;"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'training', 'export')];"
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
