@@ -1,0 +1,38 @@
+"""The FastAPI application: built from settings, the service started and stopped with it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from service.api_router import router, time_requests
+from service.errors import install_error_handlers
+from service.serving import SidService
+from service.settings import Settings
+
+
+def create_app(settings: Settings, svc: SidService | None = None) -> FastAPI:
+    """`svc` lets tests inject a service built from parts; normally it comes from settings."""
+    svc = svc or SidService.from_settings(settings)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await svc.start()
+        try:
+            yield
+        finally:
+            await svc.close()
+
+    app = FastAPI(
+        title="sidserve",
+        version="1",
+        description="Hierarchical semantic IDs for search queries and products.",
+        lifespan=lifespan,
+    )
+    app.state.service = svc
+    app.include_router(router)
+    app.middleware("http")(time_requests)
+    install_error_handlers(app, svc.metrics, settings.retry_after_s)
+    return app

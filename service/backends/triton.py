@@ -1,0 +1,100 @@
+"""Triton Inference Server over async gRPC (`tritonclient.grpc.aio`).
+
+The batcher's worker thread calls `encode` / `decode_step`; each call is scheduled on the
+gateway's event loop (where the aio client lives) and waited for with a bound, so a stalled
+server becomes BackendUnavailable, never a hang. In the model configs `level` has dims [1]
+reshaped to a scalar per batch element, so it is sent as (B, 1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import Any
+
+import numpy as np
+
+from service.backends.base import BackendUnavailable
+
+
+class TritonBackend:
+    name = "triton"
+
+    def __init__(self, url: str, encoder: str, decoder: str, timeout_s: float):
+        from tritonclient.grpc import aio as grpcclient
+
+        self._grpc = grpcclient
+        self.url, self.encoder_model, self.decoder_model = url, encoder, decoder
+        self.timeout_s = timeout_s
+        self.client: Any = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Create the aio client on the gateway's running loop (gRPC aio needs one)."""
+        self.loop = loop
+        self.client = self._grpc.InferenceServerClient(url=self.url)
+
+    def _wait(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        if self.loop is None:
+            raise RuntimeError("TritonBackend.bind(loop) was not called")
+        fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return fut.result(timeout=self.timeout_s + 0.5)
+        except TimeoutError as exc:
+            fut.cancel()
+            raise BackendUnavailable(
+                f"Triton at {self.url}: no answer in {self.timeout_s}s"
+            ) from exc
+        except BackendUnavailable:
+            raise
+        except Exception as exc:  # InferenceServerException, grpc errors
+            raise BackendUnavailable(f"Triton at {self.url}: {exc}") from exc
+
+    async def _infer(self, model: str, inputs: dict[str, np.ndarray], output: str) -> np.ndarray:
+        g = self._grpc
+        reqs = []
+        for name, arr in inputs.items():
+            dtype = "FP32" if arr.dtype == np.float32 else "INT64"
+            x = g.InferInput(name, list(arr.shape), dtype)
+            x.set_data_from_numpy(np.ascontiguousarray(arr))
+            reqs.append(x)
+        result = await self.client.infer(
+            model,
+            reqs,
+            outputs=[g.InferRequestedOutput(output)],
+            client_timeout=self.timeout_s,
+        )
+        return result.as_numpy(output)
+
+    def encode(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        feeds = {"input_ids": ids, "attention_mask": mask}
+        return self._wait(self._infer(self.encoder_model, feeds, "memory"))
+
+    def decode_step(
+        self, memory: np.ndarray, mask: np.ndarray, prefix: np.ndarray, level: np.ndarray
+    ) -> np.ndarray:
+        feeds = {
+            "memory": memory.astype(np.float32, copy=False),
+            "attention_mask": mask,
+            "prefix": prefix,
+            "level": level.reshape(-1, 1),
+        }
+        return self._wait(self._infer(self.decoder_model, feeds, "logits"))
+
+    async def check(self) -> None:
+        try:
+            ready = await asyncio.wait_for(
+                asyncio.gather(
+                    self.client.is_model_ready(self.encoder_model),
+                    self.client.is_model_ready(self.decoder_model),
+                ),
+                self.timeout_s,
+            )
+        except Exception as exc:
+            raise BackendUnavailable(f"Triton at {self.url}: {exc or type(exc).__name__}") from exc
+        if not all(ready):
+            raise BackendUnavailable(f"Triton at {self.url}: models not ready")
+
+    async def close(self) -> None:
+        if self.client is not None:
+            await self.client.close()

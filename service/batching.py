@@ -1,0 +1,164 @@
+"""Micro-batching of queries: one owner of the queue (the text-embeddings-inference design).
+
+Requests put one job per query on the queue and await its future. A single owner task takes
+the queued jobs with the same beam width as the oldest one (up to `max_batch`), pads them into
+one batch, and runs encoder + beam search in the one worker thread; while that runs, new jobs
+queue up and form the next batch. So batches grow with load by themselves; `max_wait_s`
+optionally holds a lone job back for company. Queue depth and batch sizes go to Prometheus.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import numpy as np
+
+from service.backends.base import InferenceBackend
+from service.metrics import Metrics
+from service.query_beams import beams_for_memory
+from service.trie import CompactTrie
+
+T = TypeVar("T")
+Beams = tuple[np.ndarray, np.ndarray]  # (paths (k, L), log-probabilities (k,))
+
+
+class Overloaded(Exception):
+    """The queue is full: the gateway answers 503 with Retry-After."""
+
+
+@dataclass
+class _Job:
+    ids: np.ndarray  # (S,) without padding
+    beam: int
+    future: asyncio.Future[Beams]
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+def pad_rows(rows: list[np.ndarray], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    width = max(len(r) for r in rows)
+    ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = r
+        mask[i, : len(r)] = 1
+    return ids, mask
+
+
+class QueryBatcher:
+    def __init__(
+        self,
+        backend: InferenceBackend,
+        trie: CompactTrie,
+        metrics: Metrics,
+        pad_id: int,
+        max_batch: int = 32,
+        max_wait_s: float = 0.0,
+        queue_limit: int = 1024,
+    ):
+        self.backend, self.trie, self.metrics, self.pad_id = backend, trie, metrics, pad_id
+        self.max_batch, self.max_wait_s, self.queue_limit = max_batch, max_wait_s, queue_limit
+        self._queue: deque[_Job] = deque()
+        self._wake = asyncio.Event()
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="sidserve-infer")
+        self._owner: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._owner = asyncio.get_running_loop().create_task(self._own(), name="batcher")
+
+    async def stop(self) -> None:
+        if self._owner is not None:
+            self._owner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._owner
+        for job in self._queue:
+            if not job.future.done():
+                job.future.set_exception(Overloaded("gateway shutting down"))
+        self._queue.clear()
+        self._executor.shutdown(wait=True)
+
+    @property
+    def depth(self) -> int:
+        return len(self._queue)
+
+    async def search(self, rows: list[np.ndarray], beam: int) -> list[Beams]:
+        """Top-`beam` trie-constrained SIDs of each tokenised query (ids without padding)."""
+        if len(self._queue) + len(rows) > self.queue_limit:
+            raise Overloaded(f"{len(self._queue)} queries queued (limit {self.queue_limit})")
+        loop = asyncio.get_running_loop()
+        jobs = [_Job(r, beam, loop.create_future()) for r in rows]
+        self._queue.extend(jobs)
+        self.metrics.queue_depth.set(len(self._queue))
+        self._wake.set()
+        try:
+            return list(await asyncio.gather(*(j.future for j in jobs)))
+        finally:
+            for j in jobs:  # a timed-out request leaves no work behind
+                j.future.cancel()
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run other model work (item encoding) on the same worker thread, in turn."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def _take(self) -> list[_Job]:
+        while self._queue and self._queue[0].future.done():
+            self._queue.popleft()  # cancelled by a timed-out request
+        if not self._queue:
+            return []
+        beam = self._queue[0].beam
+        taken, kept = [], deque()
+        while self._queue:
+            job = self._queue.popleft()
+            if job.future.done():
+                continue
+            if job.beam == beam and len(taken) < self.max_batch:
+                taken.append(job)
+            else:
+                kept.append(job)
+        self._queue = kept
+        return taken
+
+    async def _own(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._queue:
+                self._wake.clear()
+                await self._wake.wait()
+            if self.max_wait_s > 0 and len(self._queue) < self.max_batch:
+                wait = self._queue[0].enqueued + self.max_wait_s - time.perf_counter()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+            jobs = self._take()
+            self.metrics.queue_depth.set(len(self._queue))
+            if not jobs:
+                continue
+            now = time.perf_counter()
+            for j in jobs:
+                self.metrics.stage_seconds.labels("queue").observe(now - j.enqueued)
+            self.metrics.batch_size.observe(len(jobs))
+            try:
+                results = await loop.run_in_executor(
+                    self._executor, self._compute, [j.ids for j in jobs], jobs[0].beam
+                )
+            except Exception as exc:  # handed to the waiting requests, mapped there
+                for j in jobs:
+                    if not j.future.done():
+                        j.future.set_exception(exc)
+                continue
+            for j, r in zip(jobs, results, strict=True):
+                if not j.future.done():
+                    j.future.set_result(r)
+
+    def _compute(self, rows: list[np.ndarray], beam: int) -> list[Beams]:
+        ids, mask = pad_rows(rows, self.pad_id)
+        with self.metrics.stage("encode"):
+            memory = self.backend.encode(ids, mask)
+        with self.metrics.stage("beam_search"):
+            result = beams_for_memory(self.backend.decode_step, memory, mask, self.trie, beam)
+        return list(result)

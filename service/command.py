@@ -1,0 +1,42 @@
+"""`sidserve serve`: run the gateway (uvicorn) on a bundle."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bundle", type=Path, help="bundle directory (or SIDSERVE_BUNDLE)")
+    parser.add_argument("--settings", type=Path, help="settings file (dotenv format)")
+    parser.add_argument("--host", help="listen address (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="listen port (default 8000)")
+    parser.add_argument("--redis-url", help="Redis store (default: in-process store)")
+    parser.add_argument("--triton-url", help="Triton gRPC host:port (default: ONNX Runtime)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+    from pydantic import ValidationError
+
+    from service.app import create_app
+    from service.settings import load_settings
+
+    overrides = {
+        k: v
+        for k, v in {
+            "bundle": args.bundle,
+            "host": args.host,
+            "port": args.port,
+            "redis_url": args.redis_url,
+            "triton_url": args.triton_url,
+        }.items()
+        if v is not None
+    }
+    try:
+        settings = load_settings(args.settings, **overrides)
+    except ValidationError as exc:
+        raise ValueError(f"bad settings: {exc}") from exc
+    app = create_app(settings)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", access_log=False)
+    return 0

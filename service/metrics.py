@@ -1,0 +1,74 @@
+"""Prometheus metrics of one gateway, in its own registry (tests build several apps)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+LATENCY_BUCKETS = (
+    0.001,
+    0.002,
+    0.004,
+    0.006,
+    0.008,
+    0.01,
+    0.015,
+    0.02,
+    0.03,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+STAGES = ("queue", "tokenise", "encode", "beam_search", "store", "scoring")
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.request_seconds = Histogram(
+            "sidserve_request_seconds",
+            "End-to-end handling time per endpoint",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.requests = Counter(
+            "sidserve_requests",
+            "Requests by endpoint and status code",
+            ["endpoint", "status"],
+            registry=r,
+        )
+        self.stage_seconds = Histogram(
+            "sidserve_stage_seconds",
+            "Time per pipeline stage",
+            ["stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "sidserve_batch_size", "Queries per decoder batch", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.queue_depth = Gauge(
+            "sidserve_queue_depth", "Queries waiting for the batcher", registry=r
+        )
+        self.errors = Counter("sidserve_errors", "Errors by kind", ["kind"], registry=r)
+        self.model = Info("sidserve_model", "The served model", registry=r)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stage_seconds.labels(name).observe(time.perf_counter() - start)

@@ -1,0 +1,185 @@
+"""Request and response models of the `/v1` API (pydantic v2). Unknown fields are rejected,
+so a misspelt option is a 422 naming it rather than a silently ignored default.
+
+Limits that depend on the deployment (batch sizes, text length, beam width) are checked in
+`serving.py` against the settings; the bounds here are the ones that hold everywhere.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _non_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty or whitespace")
+    return value
+
+
+class SearchOptions(Strict):
+    beam_width: int = Field(10, ge=1, description="beams kept per level of the search")
+    top_k: int = Field(10, ge=1, description="SIDs returned per query (<= beam_width)")
+    candidates: int = Field(
+        100, ge=0, description="most items returned per query; 0 returns SIDs only"
+    )
+    min_depth: int = Field(
+        1, ge=0, description="shallowest prefix match (levels) a candidate may have"
+    )
+
+    @model_validator(mode="after")
+    def _top_k_within_beam(self) -> SearchOptions:
+        if self.top_k > self.beam_width:
+            raise ValueError(f"top_k ({self.top_k}) must be <= beam_width ({self.beam_width})")
+        return self
+
+
+class QuerySidsRequest(SearchOptions):
+    """One query (`query`) or a batch (`queries`), not both."""
+
+    query: str | None = Field(None, description="a single search query")
+    queries: list[str] | None = Field(None, description="a batch of search queries")
+
+    @field_validator("query")
+    @classmethod
+    def _query_text(cls, v: str | None) -> str | None:
+        return None if v is None else _non_blank(v)
+
+    @field_validator("queries")
+    @classmethod
+    def _queries_text(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return None
+        if not v:
+            raise ValueError("must hold at least one query")
+        for i, q in enumerate(v):
+            if not q.strip():
+                raise ValueError(f"item {i} is empty or whitespace")
+        return v
+
+    @model_validator(mode="after")
+    def _one_of(self) -> QuerySidsRequest:
+        if (self.query is None) == (self.queries is None):
+            raise ValueError("give exactly one of 'query' or 'queries'")
+        return self
+
+    def texts(self) -> list[str]:
+        return [self.query] if self.query is not None else list(self.queries or [])
+
+
+class Sid(BaseModel):
+    sid: str = Field(description="stable string form, codes joined by '-', e.g. '12-5-201'")
+    codes: list[int]
+    log_prob: float = Field(description="sum of per-level log-probabilities")
+    rank: int = Field(description="0 = best")
+
+
+class Candidate(BaseModel):
+    item_id: str
+    sid: str = Field(description="the item's full SID: semantic codes + disambiguation")
+    matched_depth: list[int] = Field(description="shared prefix length with each query SID")
+    max_depth: int
+    prefix_score: float = Field(description="DSIRM score: 0 at depth 0, else 2^(depth - L)")
+    best_rank: int | None = Field(description="first query SID reaching max_depth")
+    best_log_prob: float | None = Field(description="log-probability of that SID")
+
+
+class QueryResult(BaseModel):
+    query: str
+    sids: list[Sid]
+    candidates: list[Candidate]
+
+
+class QuerySidsResponse(BaseModel):
+    model_version: str
+    results: list[QueryResult]
+
+
+class EncodeItem(Strict):
+    item_id: str = Field(min_length=1, max_length=256)
+    text: str
+
+    @field_validator("item_id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        if v != v.strip() or "\n" in v or "|" in v:
+            raise ValueError("must have no surrounding whitespace, newline or '|'")
+        return v
+
+    @field_validator("text")
+    @classmethod
+    def _text(cls, v: str) -> str:
+        return _non_blank(v)
+
+
+class EncodeRequest(Strict):
+    items: list[EncodeItem] = Field(min_length=1)
+    upsert: bool = Field(
+        False, description="store the SIDs: the items become retrievable by the next query"
+    )
+
+    @model_validator(mode="after")
+    def _distinct(self) -> EncodeRequest:
+        ids = [i.item_id for i in self.items]
+        if len(set(ids)) != len(ids):
+            raise ValueError("items: item_id values must be distinct within a request")
+        return self
+
+
+class EncodedItem(BaseModel):
+    item_id: str
+    sid: str = Field(description="semantic codes + disambiguation")
+    codes: list[int] = Field(description="the semantic codes (levels 1..L)")
+    disambiguation: int
+    stored: bool = Field(description="written to the store by this request")
+
+
+class EncodeResponse(BaseModel):
+    model_version: str
+    items: list[EncodedItem]
+
+
+class RelevanceRequest(Strict):
+    query: str
+    item_ids: list[str] = Field(min_length=1)
+    beam_width: int = Field(10, ge=1)
+    top_k: int = Field(10, ge=1)
+
+    @field_validator("query")
+    @classmethod
+    def _query(cls, v: str) -> str:
+        return _non_blank(v)
+
+    @model_validator(mode="after")
+    def _top_k_within_beam(self) -> RelevanceRequest:
+        if self.top_k > self.beam_width:
+            raise ValueError(f"top_k ({self.top_k}) must be <= beam_width ({self.beam_width})")
+        return self
+
+
+class RelevanceItem(BaseModel):
+    item_id: str
+    found: bool
+    sid: str | None = None
+    matched_depth: list[int] | None = None
+    max_depth: int | None = None
+    prefix_score: float | None = None
+    best_rank: int | None = None
+    best_log_prob: float | None = None
+
+
+class RelevanceResponse(BaseModel):
+    model_version: str
+    query: str
+    sids: list[Sid]
+    items: list[RelevanceItem]
+    unknown: list[str] = Field(description="ids not in the store (also marked found=false)")
+
+
+class ErrorResponse(BaseModel):
+    error: str = Field(description="kind: invalid_request, unavailable, internal")
+    message: str
+    details: list[dict] | None = None

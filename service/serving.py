@@ -1,0 +1,318 @@
+"""The serving logic behind the routes: limits, tokenisation, batched beam search, store reads,
+prefix-match features. Routes (`api_router.py`) only translate HTTP to these calls."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable
+from typing import TypeVar
+
+import numpy as np
+
+from service import protocol as p
+from service.backends.base import BackendUnavailable, InferenceBackend
+from service.batching import Beams, QueryBatcher
+from service.bundle import Bundle, load_bundle
+from service.features import prefix_features
+from service.metrics import Metrics
+from service.onnx_model import greedy_codes
+from service.settings import Settings
+from service.stores.base import SidStore, StoreUnavailable
+from service.tokenizer import BundleTokenizer
+from service.trie import CompactTrie
+from sidserve.sids import format_sid
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class LimitError(ValueError):
+    """Input within the schema but beyond this deployment's limits (422 naming the field)."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+def build_backend(settings: Settings, bundle: Bundle) -> InferenceBackend:
+    if settings.triton_url:
+        from service.backends.triton import TritonBackend
+
+        return TritonBackend(
+            settings.triton_url,
+            settings.triton_encoder,
+            settings.triton_decoder,
+            settings.inference_timeout_s,
+        )
+    from service.backends.embedded import EmbeddedBackend
+
+    return EmbeddedBackend(bundle, settings.onnx_threads)
+
+
+def build_store(settings: Settings, bundle: Bundle) -> SidStore:
+    if settings.redis_url:
+        from service.stores.redis_store import RedisStore
+
+        return RedisStore(
+            settings.redis_url,
+            bundle.model_version,
+            bundle.levels,
+            timeout_s=settings.store_timeout_s,
+        )
+    from service.stores.memory import MemoryStore
+
+    return MemoryStore.from_bundle(bundle)
+
+
+class SidService:
+    def __init__(
+        self,
+        settings: Settings,
+        bundle: Bundle,
+        backend: InferenceBackend,
+        store: SidStore,
+        metrics: Metrics | None = None,
+    ):
+        self.settings, self.bundle, self.backend, self.store = settings, bundle, backend, store
+        self.metrics = metrics or Metrics()
+        self.levels = bundle.levels
+        self.tokenizer = BundleTokenizer(bundle.file(bundle.tokenizer.file), bundle.tokenizer)
+        self._paths = np.unique(bundle.item_sids[:, : self.levels].astype(np.int64), axis=0)
+        trie = CompactTrie.from_codes(self._paths, bundle.codebook_sizes)
+        self.batcher = QueryBatcher(
+            backend,
+            trie,
+            self.metrics,
+            bundle.tokenizer.pad_id,
+            max_batch=settings.batch_max_queries,
+            max_wait_s=settings.batch_max_wait_ms / 1000,
+            queue_limit=settings.queue_limit,
+        )
+        self._trie_lock = asyncio.Lock()
+        self.metrics.model.info(
+            {
+                "model_version": bundle.model_version,
+                "backend": backend.name,
+                "store": type(store).__name__,
+                "levels": str(bundle.levels),
+            }
+        )
+        log.info(
+            "bundle %s: %d items, %d paths, trie %.1f bytes/item",
+            bundle.model_version,
+            len(bundle.item_ids),
+            len(self._paths),
+            trie.bytes_per_item(),
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SidService:
+        bundle = load_bundle(settings.bundle, checksums=settings.verify_checksums)
+        return cls(settings, bundle, build_backend(settings, bundle), build_store(settings, bundle))
+
+    async def start(self) -> None:
+        bind = getattr(self.backend, "bind", None)
+        if bind is not None:
+            bind(asyncio.get_running_loop())
+        self.batcher.start()
+
+    async def close(self) -> None:
+        await self.batcher.stop()
+        await self.backend.close()
+        await self.store.close()
+
+    @property
+    def model_version(self) -> str:
+        return self.bundle.model_version
+
+    # ---- helpers
+    async def _bounded(self, aw: Awaitable[T], timeout: float, what: str) -> T:
+        try:
+            return await asyncio.wait_for(aw, timeout)
+        except TimeoutError as exc:
+            cls = StoreUnavailable if what == "store" else BackendUnavailable
+            raise cls(f"{what} did not answer within {timeout}s") from exc
+
+    def _check_texts(self, field: str, texts: list[str], limit: int) -> None:
+        if len(texts) > limit:
+            raise LimitError(field, f"{len(texts)} given, at most {limit} per request")
+        for i, t in enumerate(texts):
+            if len(t) > self.settings.max_text_chars:
+                raise LimitError(
+                    f"{field}[{i}]",
+                    f"{len(t)} characters, at most {self.settings.max_text_chars}",
+                )
+
+    def _check_search(self, beam_width: int, candidates: int = 0, min_depth: int = 1) -> None:
+        s = self.settings
+        if beam_width > s.max_beam_width:
+            raise LimitError("beam_width", f"{beam_width} > the maximum {s.max_beam_width}")
+        if candidates > s.max_candidates:
+            raise LimitError("candidates", f"{candidates} > the maximum {s.max_candidates}")
+        if min_depth > self.levels:
+            raise LimitError("min_depth", f"{min_depth} > the number of levels {self.levels}")
+
+    async def _beams(self, texts: list[str], beam: int) -> list[Beams]:
+        t0 = time.perf_counter()
+        ids, mask = self.tokenizer.queries(texts)
+        rows = [ids[i, : int(mask[i].sum())] for i in range(len(texts))]
+        self.metrics.stage_seconds.labels("tokenise").observe(time.perf_counter() - t0)
+        return await self._bounded(
+            self.batcher.search(rows, beam), self.settings.inference_timeout_s, "inference"
+        )
+
+    @staticmethod
+    def _sids(paths: np.ndarray, logp: np.ndarray, top_k: int) -> list[p.Sid]:
+        return [
+            p.Sid(sid=format_sid(row), codes=[int(c) for c in row], log_prob=float(lp), rank=r)
+            for r, (row, lp) in enumerate(zip(paths[:top_k], logp[:top_k], strict=True))
+        ]
+
+    # ---- endpoints
+    async def query_sids(self, req: p.QuerySidsRequest) -> p.QuerySidsResponse:
+        texts = req.texts()
+        self._check_texts(
+            "queries" if req.queries is not None else "query", texts, self.settings.max_queries
+        )
+        self._check_search(req.beam_width, req.candidates, req.min_depth)
+        beams = await self._beams(texts, req.beam_width)
+        tops = [(paths[: req.top_k], logp[: req.top_k]) for paths, logp in beams]
+        found: list[tuple[list[str], np.ndarray]] = [([], np.zeros((0, self.levels + 1)))] * len(
+            texts
+        )
+        if req.candidates > 0:
+            t0 = time.perf_counter()
+            found = await self._bounded(
+                self.store.candidates_many(
+                    [paths for paths, _ in tops], req.candidates, req.min_depth
+                ),
+                self.settings.store_timeout_s,
+                "store",
+            )
+            self.metrics.stage_seconds.labels("store").observe(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        results = []
+        for text, (paths, logp), (ids, sids) in zip(texts, tops, found, strict=True):
+            results.append(
+                p.QueryResult(
+                    query=text,
+                    sids=self._sids(paths, logp, req.top_k),
+                    candidates=self._candidates(paths, logp, ids, sids),
+                )
+            )
+        self.metrics.stage_seconds.labels("scoring").observe(time.perf_counter() - t0)
+        return p.QuerySidsResponse(model_version=self.model_version, results=results)
+
+    def _candidates(
+        self, paths: np.ndarray, logp: np.ndarray, ids: list[str], sids: np.ndarray
+    ) -> list[p.Candidate]:
+        if not ids:
+            return []
+        f = prefix_features(paths, logp, sids)
+        return [
+            p.Candidate(
+                item_id=item_id,
+                sid=format_sid(sids[n]),
+                matched_depth=f.depth[n].tolist(),
+                max_depth=int(f.max_depth[n]),
+                prefix_score=float(f.score[n]),
+                best_rank=int(f.best_rank[n]) if f.best_rank[n] >= 0 else None,
+                best_log_prob=float(f.best_log_prob[n]) if f.best_rank[n] >= 0 else None,
+            )
+            for n, item_id in enumerate(ids)
+        ]
+
+    async def relevance(self, req: p.RelevanceRequest) -> p.RelevanceResponse:
+        self._check_texts("query", [req.query], 1)
+        self._check_search(req.beam_width)
+        if len(req.item_ids) > self.settings.max_relevance_items:
+            raise LimitError(
+                "item_ids",
+                f"{len(req.item_ids)} given, at most {self.settings.max_relevance_items}",
+            )
+        ((paths, logp),) = await self._beams([req.query], req.beam_width)
+        paths, logp = paths[: req.top_k], logp[: req.top_k]
+        t0 = time.perf_counter()
+        stored = await self._bounded(
+            self.store.get_sids(req.item_ids), self.settings.store_timeout_s, "store"
+        )
+        self.metrics.stage_seconds.labels("store").observe(time.perf_counter() - t0)
+        known = [i for i, s in enumerate(stored) if s is not None]
+        sids = np.array([stored[i] for i in known]).reshape(len(known), self.levels + 1)
+        f = prefix_features(paths, logp, sids)
+        items = [p.RelevanceItem(item_id=i, found=False) for i in req.item_ids]
+        for n, i in enumerate(known):
+            items[i] = p.RelevanceItem(
+                item_id=req.item_ids[i],
+                found=True,
+                sid=format_sid(sids[n]),
+                matched_depth=f.depth[n].tolist(),
+                max_depth=int(f.max_depth[n]),
+                prefix_score=float(f.score[n]),
+                best_rank=int(f.best_rank[n]) if f.best_rank[n] >= 0 else None,
+                best_log_prob=float(f.best_log_prob[n]) if f.best_rank[n] >= 0 else None,
+            )
+        return p.RelevanceResponse(
+            model_version=self.model_version,
+            query=req.query,
+            sids=self._sids(paths, logp, req.top_k),
+            items=items,
+            unknown=[it.item_id for it in items if not it.found],
+        )
+
+    async def encode_items(self, req: p.EncodeRequest) -> p.EncodeResponse:
+        texts = [it.text for it in req.items]
+        self._check_texts("items", texts, self.settings.max_items)
+        t0 = time.perf_counter()
+        ids, mask = self.tokenizer.items(texts)
+        self.metrics.stage_seconds.labels("tokenise").observe(time.perf_counter() - t0)
+
+        def compute() -> np.ndarray:
+            with self.metrics.stage("encode"):
+                return greedy_codes(self.backend, ids, mask, self.levels)
+
+        codes = await self._bounded(
+            self.batcher.run(compute), self.settings.inference_timeout_s, "inference"
+        )
+        pairs = [(it.item_id, codes[n]) for n, it in enumerate(req.items)]
+        t0 = time.perf_counter()
+        op = self.store.upsert(pairs) if req.upsert else self.store.preview(pairs)
+        sids = await self._bounded(op, self.settings.store_timeout_s, "store")
+        self.metrics.stage_seconds.labels("store").observe(time.perf_counter() - t0)
+        if req.upsert:
+            await self._extend_trie(codes)
+        return p.EncodeResponse(
+            model_version=self.model_version,
+            items=[
+                p.EncodedItem(
+                    item_id=it.item_id,
+                    sid=format_sid(sids[n]),
+                    codes=[int(c) for c in sids[n, : self.levels]],
+                    disambiguation=int(sids[n, self.levels]),
+                    stored=req.upsert,
+                )
+                for n, it in enumerate(req.items)
+            ],
+        )
+
+    async def _extend_trie(self, codes: np.ndarray) -> None:
+        """New semantic paths from upserts join this gateway's trie, so queries can reach them
+        (paths are only ever added: a moved item's old path may still hold other items)."""
+        async with self._trie_lock:
+            paths = np.unique(np.concatenate([self._paths, codes.astype(np.int64)]), axis=0)
+            if len(paths) == len(self._paths):
+                return
+            self._paths = paths
+            self.batcher.trie = CompactTrie.from_codes(paths, self.bundle.codebook_sizes)
+
+    async def readiness(self) -> dict[str, str]:
+        await self._bounded(self.backend.check(), self.settings.inference_timeout_s, "inference")
+        await self._bounded(self.store.ping(), self.settings.store_timeout_s, "store")
+        return {
+            "status": "ready",
+            "model_version": self.model_version,
+            "backend": self.backend.name,
+            "store": type(self.store).__name__,
+        }

@@ -1,0 +1,49 @@
+"""Gateway settings: environment variables prefixed `SIDSERVE_`, or a settings file
+(`sidserve serve --settings FILE`, dotenv format). Every field is documented in
+docs/gateway.md."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SIDSERVE_", extra="forbid")
+
+    bundle: Path = Field(description="bundle directory written by `sidserve export`")
+    redis_url: str | None = Field(None, description="Redis store; unset = in-process store")
+    triton_url: str | None = Field(
+        None, description="Triton gRPC host:port; unset = in-process ONNX Runtime"
+    )
+    triton_encoder: str = "sid_encoder"
+    triton_decoder: str = "sid_decoder"
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    # request limits (bad input beyond them is a 422 naming the field)
+    max_queries: int = Field(64, ge=1, description="queries per /v1/query/sids request")
+    max_items: int = Field(256, ge=1, description="items per /v1/items/encode request")
+    max_relevance_items: int = Field(1000, ge=1, description="item ids per /v1/relevance")
+    max_text_chars: int = Field(2000, ge=1, description="characters per query or item text")
+    max_beam_width: int = Field(64, ge=1)
+    max_candidates: int = Field(1000, ge=0)
+    # micro-batching of queries (embedded and Triton backends alike)
+    batch_max_queries: int = Field(32, ge=1, description="queries per decoder batch")
+    batch_max_wait_ms: float = Field(
+        1.0, ge=0, description="how long a lone query waits for company"
+    )
+    queue_limit: int = Field(1024, ge=1, description="queued queries before 503")
+    onnx_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0 = auto)")
+    # timeouts: an unavailable dependency gives 503 + Retry-After, never a hang
+    inference_timeout_s: float = Field(5.0, gt=0)
+    store_timeout_s: float = Field(1.0, gt=0)
+    retry_after_s: int = Field(1, ge=0)
+    verify_checksums: bool = Field(True, description="hash every bundle file at start-up")
+
+
+def load_settings(settings_file: Path | None = None, **overrides) -> Settings:
+    if settings_file is not None and not settings_file.is_file():
+        raise FileNotFoundError(f"{settings_file}: settings file not found")
+    return Settings(_env_file=settings_file, **overrides)  # type: ignore[call-arg]

@@ -1,0 +1,290 @@
+"""The gateway end to end on the tiny exported bundle: routes, validation, batching, stores
+(in-process and a real Redis), metrics and 503s for unavailable dependencies."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.bundle import load_bundle
+from service.onnx_model import OnnxIndexer
+from service.query_beams import search_beams
+from service.serving import SidService
+from service.settings import Settings
+from service.tokenizer import BundleTokenizer
+from service.trie import CompactTrie
+from sidserve.prefix import matched_depth, prefix_score
+from sidserve.sids import format_sid
+from tests.redis_server import free_port
+
+QUERIES = ["cordless drill", "kitchen faucet", "led light bulb", "paint roller cover"]
+
+
+@pytest.fixture
+def bundle_dir(tiny_export) -> Path:
+    return tiny_export["bundle"]
+
+
+@pytest.fixture
+def client(bundle_dir):
+    settings = Settings(bundle=bundle_dir, max_queries=8, max_text_chars=200, max_beam_width=32)
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+def offline_beams(bundle_dir: Path, texts: list[str], beam: int):
+    b = load_bundle(bundle_dir)
+    model = OnnxIndexer(b.encoder_path, b.decoder_path)
+    tok = BundleTokenizer(b.file("tokenizer.json"), b.tokenizer)
+    trie = CompactTrie.from_codes(b.item_sids[:, : b.levels].astype(np.int64), b.codebook_sizes)
+    return search_beams(model, tok, texts, trie, beam)
+
+
+def test_query_sids_matches_offline_search_and_ranks_candidates(client, bundle_dir):
+    r = client.post("/v1/query/sids", json={"query": QUERIES[0], "beam_width": 5, "top_k": 3})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    bundle = load_bundle(bundle_dir)
+    assert body["model_version"] == bundle.model_version
+    (res,) = body["results"]
+    ((paths, logp),) = offline_beams(bundle_dir, [QUERIES[0]], 5)
+    assert [s["codes"] for s in res["sids"]] == paths[:3].tolist()
+    assert [s["rank"] for s in res["sids"]] == list(range(len(res["sids"])))
+    np.testing.assert_allclose([s["log_prob"] for s in res["sids"]], logp[:3])
+    assert all(s["sid"] == format_sid(s["codes"]) for s in res["sids"])
+    # every candidate: features recomputed by hand, order (max depth desc, best rank asc)
+    known = dict(zip(bundle.item_ids, bundle.item_sids.tolist(), strict=True))
+    q = paths[:3]
+    keys = []
+    for c in res["candidates"]:
+        sid = known[c["item_id"]]
+        assert c["sid"] == format_sid(sid)
+        depth = matched_depth(q, np.array([sid[: bundle.levels]]))[0]
+        assert c["matched_depth"] == depth.tolist()
+        assert c["max_depth"] == depth.max() >= 1
+        assert c["prefix_score"] == pytest.approx(float(prefix_score(depth.max(), bundle.levels)))
+        assert c["best_rank"] == int(depth.argmax())
+        assert c["best_log_prob"] == pytest.approx(float(logp[depth.argmax()]))
+        keys.append((-c["max_depth"], c["best_rank"]))
+    assert keys == sorted(keys)
+    assert 0 < len(res["candidates"]) <= 100
+
+
+def test_batch_equals_singles_and_sids_only(client):
+    batch = client.post("/v1/query/sids", json={"queries": QUERIES, "candidates": 0}).json()
+    for text, res in zip(QUERIES, batch["results"], strict=True):
+        single = client.post("/v1/query/sids", json={"query": text, "candidates": 0}).json()
+        assert res == single["results"][0]
+        assert res["candidates"] == []
+
+
+def test_concurrent_requests_are_batched_and_exact(bundle_dir):
+    settings = Settings(bundle=bundle_dir, batch_max_wait_ms=20.0)
+    app = create_app(settings)
+    svc: SidService = app.state.service
+
+    async def main():
+        await svc.start()
+        try:
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+                texts = QUERIES * 4
+                rs = await asyncio.gather(
+                    *(c.post("/v1/query/sids", json={"query": t, "candidates": 5}) for t in texts)
+                )
+                return texts, [r.json() for r in rs]
+        finally:
+            await svc.close()
+
+    texts, bodies = asyncio.run(main())
+    want = offline_beams(bundle_dir, texts, 10)
+    for (paths, _), body in zip(want, bodies, strict=True):
+        assert [s["codes"] for s in body["results"][0]["sids"]] == paths.tolist()
+    sizes = svc.metrics.registry.get_sample_value("sidserve_batch_size_sum")
+    count = svc.metrics.registry.get_sample_value("sidserve_batch_size_count")
+    assert sizes == len(texts) and count < len(texts)  # some requests shared a batch
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"query": ""}, "query"),
+        ({"query": "   "}, "query"),
+        ({"queries": []}, "queries"),
+        ({"queries": ["ok", " "]}, "queries"),
+        ({"queries": ["q"] * 9}, "queries"),
+        ({"query": "x" * 201}, "query"),
+        ({"query": "drill", "beam_width": 0}, "beam_width"),
+        ({"query": "drill", "beam_width": 33}, "beam_width"),
+        ({"query": "drill", "beam_width": 4, "top_k": 5}, "top_k"),
+        ({"query": "drill", "candidates": -1}, "candidates"),
+        ({"query": "drill", "min_depth": 3}, "min_depth"),
+        ({"query": "drill", "beams": 4}, "beams"),
+        ({"query": "a", "queries": ["b"]}, "query"),
+        ({}, "query"),
+    ],
+)
+def test_bad_query_input_is_422_naming_the_field(client, body, field):
+    r = client.post("/v1/query/sids", json=body)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"] == "invalid_request"
+    assert field in r.json()["message"]
+
+
+def test_not_json_is_422(client):
+    r = client.post("/v1/query/sids", content=b"{", headers={"content-type": "application/json"})
+    assert r.status_code == 422
+
+
+def test_encode_matches_table_and_upsert_makes_items_retrievable(client, bundle_dir, tiny_export):
+    from training.data import load_catalog
+
+    catalog = load_catalog(tiny_export["catalog"])
+    bundle = load_bundle(bundle_dir)
+    items = [{"item_id": catalog.ids[n], "text": catalog.texts[n]} for n in range(5)]
+    r = client.post("/v1/items/encode", json={"items": items})
+    assert r.status_code == 200, r.text
+    got = [it["sid"] for it in r.json()["items"]]
+    assert got == [format_sid(s) for s in bundle.item_sids[:5]]  # same text, same SID
+    assert not any(it["stored"] for it in r.json()["items"])
+
+    new = {"item_id": "new-1", "text": "Ridgeway Cordless Drill for Power Tools, 20V"}
+    r = client.post("/v1/items/encode", json={"items": [new], "upsert": True})
+    sid = r.json()["items"][0]["sid"]
+    assert r.json()["items"][0]["stored"]
+    rel = client.post("/v1/relevance", json={"query": "drill", "item_ids": ["new-1"]}).json()
+    assert rel["items"][0]["found"] and rel["items"][0]["sid"] == sid
+    body = {"query": new["text"], "candidates": 1000, "min_depth": 0}
+    found = client.post("/v1/query/sids", json=body).json()
+    assert "new-1" in [c["item_id"] for c in found["results"][0]["candidates"]]
+
+    # the same id with other text moves: the old SID is gone from the store
+    moved = {"item_id": "new-1", "text": "Corvex Pendant Lamp for Lighting"}
+    r2 = client.post("/v1/items/encode", json={"items": [moved], "upsert": True}).json()
+    rel = client.post("/v1/relevance", json={"query": "lamp", "item_ids": ["new-1"]}).json()
+    assert rel["items"][0]["sid"] == r2["items"][0]["sid"]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"items": []}, "items"),
+        ({"items": [{"item_id": "a", "text": " "}]}, "text"),
+        ({"items": [{"item_id": "", "text": "x"}]}, "item_id"),
+        ({"items": [{"item_id": "a", "text": "x"}, {"item_id": "a", "text": "y"}]}, "distinct"),
+        ({"items": [{"item_id": "a", "text": "x", "price": 3}]}, "price"),
+    ],
+)
+def test_bad_encode_input_is_422(client, body, field):
+    r = client.post("/v1/items/encode", json=body)
+    assert r.status_code == 422, r.text
+    assert field in r.json()["message"]
+
+
+def test_relevance_reports_unknown_ids_per_item(client, bundle_dir):
+    bundle = load_bundle(bundle_dir)
+    ids = [bundle.item_ids[0], "no-such-item", bundle.item_ids[7]]
+    r = client.post("/v1/relevance", json={"query": "cordless drill", "item_ids": ids})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert [it["found"] for it in body["items"]] == [True, False, True]
+    assert body["unknown"] == ["no-such-item"]
+    assert body["items"][0]["sid"] == format_sid(bundle.item_sids[0])
+    assert len(body["items"][0]["matched_depth"]) == len(body["sids"])
+
+
+def test_health_readiness_and_metrics(client):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz").json()
+    assert ready["status"] == "ready" and ready["backend"] == "onnxruntime"
+    client.post("/v1/query/sids", json={"query": "drill"})
+    client.post("/v1/query/sids", json={"query": ""})
+    text = client.get("/metrics").text
+    for name in (
+        'sidserve_request_seconds_count{endpoint="/v1/query/sids"}',
+        'sidserve_stage_seconds_count{stage="encode"}',
+        'sidserve_stage_seconds_count{stage="beam_search"}',
+        'sidserve_stage_seconds_count{stage="store"}',
+        "sidserve_batch_size_count",
+        "sidserve_queue_depth",
+        'sidserve_errors_total{kind="invalid_request"}',
+        "sidserve_model_info{",
+    ):
+        assert name in text, name
+
+
+def test_openapi_documents_the_endpoints(client):
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/v1/query/sids", "/v1/items/encode", "/v1/relevance"} <= set(paths)
+
+
+# ---- Redis: the production store, and what happens when it goes away
+
+
+def test_redis_store_serves_the_same_candidates(bundle_dir, redis_server):
+    from sidserve.cli import main
+
+    assert main(["load-items", "--bundle", str(bundle_dir), "--redis-url", redis_server]) == 0
+    body = {"queries": QUERIES, "candidates": 20}
+    with TestClient(create_app(Settings(bundle=bundle_dir))) as mem:
+        want = mem.post("/v1/query/sids", json=body).json()
+    with TestClient(create_app(Settings(bundle=bundle_dir, redis_url=redis_server))) as red:
+        assert red.get("/readyz").json()["store"] == "RedisStore"
+        assert red.post("/v1/query/sids", json=body).json() == want
+
+
+def test_unreachable_redis_is_503_with_retry_after_not_a_hang(bundle_dir):
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    settings = Settings(bundle=bundle_dir, redis_url=dead, store_timeout_s=0.5)
+    with TestClient(create_app(settings)) as c:
+        start = time.perf_counter()
+        r = c.post("/v1/query/sids", json={"query": "drill"})
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        assert r.json()["error"] == "store_unavailable"
+        assert c.get("/readyz").status_code == 503
+        assert time.perf_counter() - start < 5
+        sids_only = c.post("/v1/query/sids", json={"query": "drill", "candidates": 0})
+        assert sids_only.status_code == 200  # the model side still works
+
+
+def test_unreachable_triton_is_503(bundle_dir):
+    settings = Settings(
+        bundle=bundle_dir, triton_url=f"127.0.0.1:{free_port()}", inference_timeout_s=1.0
+    )
+    with TestClient(create_app(settings)) as c:
+        start = time.perf_counter()
+        r = c.post("/v1/query/sids", json={"query": "drill"})
+        assert r.status_code == 503, r.text
+        assert r.json()["error"] == "backend_unavailable"
+        assert c.get("/readyz").status_code == 503
+        assert time.perf_counter() - start < 10
+
+
+def test_triton_backend_gives_the_same_answers_as_embedded(bundle_dir, triton_server):
+    """The real tritonserver (CPU variant of the repository) behind the gateway."""
+    body = {"queries": QUERIES, "beam_width": 6, "top_k": 4, "candidates": 10}
+    items = {"items": [{"item_id": "x1", "text": "Corvex Led Light Bulb for Lighting"}]}
+    with TestClient(create_app(Settings(bundle=bundle_dir))) as emb:
+        want_q = emb.post("/v1/query/sids", json=body).json()
+        want_e = emb.post("/v1/items/encode", json=items).json()
+    settings = Settings(bundle=bundle_dir, triton_url=triton_server.grpc_url)
+    with TestClient(create_app(settings)) as tri:
+        assert tri.get("/readyz").json()["backend"] == "triton"
+        got_q = tri.post("/v1/query/sids", json=body).json()
+        got_e = tri.post("/v1/items/encode", json=items).json()
+    assert [[s["sid"] for s in r["sids"]] for r in got_q["results"]] == [
+        [s["sid"] for s in r["sids"]] for r in want_q["results"]
+    ]
+    for g, w in zip(got_q["results"], want_q["results"], strict=True):
+        np.testing.assert_allclose(
+            [s["log_prob"] for s in g["sids"]], [s["log_prob"] for s in w["sids"]], atol=1e-4
+        )
+        assert [c["item_id"] for c in g["candidates"]] == [c["item_id"] for c in w["candidates"]]
+    assert got_e == want_e
