@@ -1,0 +1,572 @@
+"""Closed-loop HTTP load generator for the sidserve gateway, run as its own process.
+
+    python loadtests/loadgen.py --url http://127.0.0.1:8000 --queries queries.txt \
+        --concurrency 8 --duration 10 --warmup 2 --endpoint query --out results.json
+
+N workers share one keep-alive `httpx.AsyncClient`; each sends its next request as soon as the
+previous one answered. Request k (counted from the start, warm-up included) is built from the
+input lines starting at line (k * batch) mod n, so every run sends the same sequence of bodies.
+Only requests *started* after the warm-up are measured. See loadtests/README.md for the output.
+
+Exit codes: 0 the run finished and the results were written; 1 no measured request succeeded
+(or the error rate exceeded --max-error-rate); 2 bad arguments or input, or the server was
+unreachable or unhealthy at start.
+
+Standard library + httpx only, so it runs from any environment that has httpx.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import signal
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+SCHEMA = "sidserve.loadgen/1"
+PATHS = {"query": "/v1/query/sids", "encode": "/v1/items/encode"}
+# after a transport error (connection refused, reset) a worker pauses this long, so a dead
+# server does not turn the load generator into a busy loop
+ERROR_BACKOFF_S = 0.01
+
+
+class LoadgenError(Exception):
+    """Bad input or an unreachable server: one line on stderr, exit 2."""
+
+
+# --------------------------------------------------------------------------- request bodies
+
+
+class Bodies:
+    """The deterministic sequence of request bodies: request k starts at line (k*batch) mod n.
+
+    Bodies are serialised once per start offset and reused (there are at most n distinct ones).
+    For `encode` the item ids are `<id_prefix><line number>`, so they repeat across cycles (an
+    upsert rewrites the same ids) and are distinct within a request as long as batch <= n.
+    """
+
+    def __init__(
+        self, lines: Sequence[str], endpoint: str, batch: int, extra: dict[str, Any], id_prefix: str
+    ) -> None:
+        if not lines:
+            raise LoadgenError("the queries file has no non-blank line")
+        if batch < 1:
+            raise LoadgenError("--batch must be >= 1")
+        if endpoint == "encode" and batch > len(lines):
+            raise LoadgenError(
+                f"--batch {batch} exceeds the {len(lines)} lines of the file: item ids "
+                "would repeat within a request"
+            )
+        self.lines = list(lines)
+        self.endpoint = endpoint
+        self.batch = batch
+        self.extra = extra
+        self.id_prefix = id_prefix
+        self._cache: dict[int, bytes] = {}
+
+    def payload(self, k: int) -> dict[str, Any]:
+        n = len(self.lines)
+        start = (k * self.batch) % n
+        idx = [(start + j) % n for j in range(self.batch)]
+        body: dict[str, Any]
+        if self.endpoint == "query":
+            if self.batch == 1:
+                body = {"query": self.lines[idx[0]]}
+            else:
+                body = {"queries": [self.lines[i] for i in idx]}
+        else:
+            items = [{"item_id": f"{self.id_prefix}{i}", "text": self.lines[i]} for i in idx]
+            body = {"items": items, "upsert": False}
+        body.update(self.extra)
+        return body
+
+    def body(self, k: int) -> bytes:
+        start = (k * self.batch) % len(self.lines)
+        cached = self._cache.get(start)
+        if cached is None:
+            cached = json.dumps(self.payload(k), ensure_ascii=False).encode("utf-8")
+            self._cache[start] = cached
+        return cached
+
+
+def read_lines(path: Path) -> list[str]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise LoadgenError(f"cannot read {path}: {exc}") from exc
+    return [s for s in (line.strip() for line in text.splitlines()) if s]
+
+
+def expected_count(response: dict[str, Any], endpoint: str) -> int:
+    key = "results" if endpoint == "query" else "items"
+    value = response.get(key)
+    return len(value) if isinstance(value, list) else -1
+
+
+# --------------------------------------------------------------------------- the run
+
+
+@dataclass
+class Record:
+    """Outcomes of the measured requests (warm-up requests only go to the warm-up counters)."""
+
+    latencies_ns: list[int] = field(default_factory=list)  # successful (2xx) requests
+    all_latencies_ns: list[int] = field(default_factory=list)  # every completed request
+    status: Counter[str] = field(default_factory=Counter)  # HTTP status -> count
+    errors: Counter[str] = field(default_factory=Counter)  # kind -> count
+    count: int = 0
+    ok: int = 0
+    last_done_ns: int = 0
+    warmup_count: int = 0
+    warmup_errors: int = 0
+
+
+# most specific first: httpx's own timeouts (per phase), then the total per-request deadline
+ERROR_KINDS: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], str], ...] = (
+    (httpx.ConnectTimeout, "connect_timeout"),
+    (httpx.ReadTimeout, "read_timeout"),
+    (httpx.WriteTimeout, "write_timeout"),
+    (httpx.PoolTimeout, "pool_timeout"),
+    ((TimeoutError, httpx.TimeoutException), "timeout"),
+    (httpx.ConnectError, "connect_error"),
+    (httpx.RemoteProtocolError, "remote_protocol_error"),
+    (httpx.ReadError, "read_error"),
+    (httpx.WriteError, "write_error"),
+    (httpx.TransportError, "transport_error"),
+)
+
+
+def error_kind(exc: BaseException) -> str:
+    """A short, stable name for a failed request's exception."""
+    for cls, kind in ERROR_KINDS:
+        if isinstance(exc, cls):
+            return kind
+    return f"exception:{type(exc).__name__}"
+
+
+class Runner:
+    def __init__(self, args: argparse.Namespace, bodies: Bodies) -> None:
+        self.args = args
+        self.bodies = bodies
+        self.path = PATHS[args.endpoint]
+        self.headers = {"content-type": "application/json", "accept": "application/json"}
+        self.rec = Record()
+        self.next_k = 0  # next request index (warm-up included); asyncio: no lock needed
+        self.measured_claimed = 0
+        self.stop = asyncio.Event()
+        self.truncated = False
+        self.t0_ns = 0
+        self.measure_start_ns = 0
+        self.end_ns: int | None = None  # duration mode: no request starts at or after this
+        self.started_at = datetime.now(UTC).isoformat(timespec="seconds")
+        self.workers: list[asyncio.Task[None]] = []
+        self.cpu_s = 0.0  # this process's CPU time over the run (warm-up included)
+
+    def on_signal(self) -> None:
+        """First SIGINT/SIGTERM: start no new request, let in-flight ones finish (each within
+        --timeout) and write the results. A second one cancels the in-flight requests."""
+        if self.stop.is_set():
+            for t in self.workers:
+                t.cancel()
+        self.stop.set()
+
+    def client(self) -> httpx.AsyncClient:
+        a = self.args
+        c = a.concurrency
+        return httpx.AsyncClient(
+            base_url=a.url,
+            http1=True,
+            http2=False,
+            trust_env=False,  # no proxies from the environment between us and the server
+            limits=httpx.Limits(
+                max_connections=c, max_keepalive_connections=c, keepalive_expiry=60.0
+            ),
+            timeout=httpx.Timeout(a.timeout, connect=a.connect_timeout, pool=a.timeout),
+            follow_redirects=False,
+        )
+
+    async def preflight(self, client: httpx.AsyncClient) -> None:
+        """GET --health-path until it answers 2xx, for at most --wait-ready seconds."""
+        a = self.args
+        if not a.health_path:
+            return
+        deadline = time.monotonic() + a.wait_ready
+        last = ""
+        while True:
+            try:
+                async with asyncio.timeout(a.timeout):
+                    r = await client.get(a.health_path)
+                if 200 <= r.status_code < 300:
+                    return
+                last = f"GET {a.health_path} answered {r.status_code}"
+            except (httpx.HTTPError, TimeoutError) as exc:
+                why = str(exc) or f"no answer within {a.timeout:g} s"
+                last = f"{a.url} unreachable ({error_kind(exc)}: {why})"
+            if time.monotonic() >= deadline:
+                raise LoadgenError(last)
+            await asyncio.sleep(0.2)
+
+    def _claim(self) -> tuple[int, bool] | None:
+        """The next request's index and whether it is measured; None when the worker stops."""
+        if self.stop.is_set():
+            return None
+        now = time.perf_counter_ns()
+        if self.end_ns is not None and now >= self.end_ns:
+            return None
+        measured = now >= self.measure_start_ns
+        if measured and self.args.requests is not None:
+            if self.measured_claimed >= self.args.requests:
+                return None
+            self.measured_claimed += 1
+        k = self.next_k
+        self.next_k += 1
+        return k, measured
+
+    async def worker(self, client: httpx.AsyncClient) -> None:
+        a = self.args
+        rec = self.rec
+        while (claim := self._claim()) is not None:
+            k, measured = claim
+            body = self.bodies.body(k)
+            status: str | None = None
+            kind: str | None = None
+            start = time.perf_counter_ns()
+            try:
+                async with asyncio.timeout(a.timeout):
+                    resp = await client.post(self.path, content=body, headers=self.headers)
+                status = str(resp.status_code)
+                if not 200 <= resp.status_code < 300:
+                    kind = f"http_{resp.status_code}"
+                elif a.validate:
+                    try:
+                        got = expected_count(resp.json(), a.endpoint)
+                    except ValueError:
+                        got = -1
+                    if got != self.bodies.batch:
+                        kind = "bad_response"
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # every failure is counted, none ends the run
+                kind = error_kind(exc)
+            done = time.perf_counter_ns()
+            if measured:
+                rec.count += 1
+                rec.all_latencies_ns.append(done - start)
+                rec.last_done_ns = max(rec.last_done_ns, done)
+                if status is not None:
+                    rec.status[status] += 1
+                if kind is None:
+                    rec.ok += 1
+                    rec.latencies_ns.append(done - start)
+                else:
+                    rec.errors[kind] += 1
+            else:
+                rec.warmup_count += 1
+                rec.warmup_errors += kind is not None
+            if kind is not None and status is None:
+                await asyncio.sleep(ERROR_BACKOFF_S)
+
+    async def run(self) -> None:
+        a = self.args
+        async with self.client() as client:
+            await self.preflight(client)
+            self.t0_ns = time.perf_counter_ns()
+            cpu0 = time.process_time()
+            self.measure_start_ns = self.t0_ns + int(a.warmup * 1e9)
+            if a.duration is not None:
+                self.end_ns = self.measure_start_ns + int(a.duration * 1e9)
+                # in-flight requests end within --timeout; then a little slack
+                hard_limit = a.warmup + a.duration + a.timeout + 5.0
+            else:
+                hard_limit = a.max_time
+            workers = [asyncio.create_task(self.worker(client)) for _ in range(a.concurrency)]
+            self.workers = workers
+            _, pending = await asyncio.wait(workers, timeout=hard_limit)
+            if pending:
+                self.truncated = True
+                for t in pending:
+                    t.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            for t in workers:
+                exc = None if t.cancelled() else t.exception()
+                if exc is not None:  # a bug in the worker, not a failed request
+                    raise exc
+            self.cpu_s = time.process_time() - cpu0
+            if self.stop.is_set():
+                self.truncated = True
+
+
+# --------------------------------------------------------------------------- results
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default), q in [0, 100]."""
+    n = len(sorted_values)
+    if n == 0:
+        return math.nan
+    pos = (n - 1) * q / 100.0
+    lo = math.floor(pos)
+    hi = min(lo + 1, n - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def latency_summary(values_ns: Sequence[int]) -> dict[str, float | None]:
+    ms = sorted(v / 1e6 for v in values_ns)
+    if not ms:
+        return {k: None for k in ("min", "mean", "p50", "p90", "p99", "max")}
+    return {
+        "min": round(ms[0], 4),
+        "mean": round(sum(ms) / len(ms), 4),
+        "p50": round(percentile(ms, 50), 4),
+        "p90": round(percentile(ms, 90), 4),
+        "p99": round(percentile(ms, 99), 4),
+        "max": round(ms[-1], 4),
+    }
+
+
+def results(runner: Runner, lines: int) -> dict[str, Any]:
+    a = runner.args
+    rec = runner.rec
+    if rec.count:
+        elapsed_ns = max(rec.last_done_ns - runner.measure_start_ns, 1)
+        if runner.end_ns is not None and not runner.truncated:
+            elapsed_ns = max(elapsed_ns, runner.end_ns - runner.measure_start_ns)
+    else:
+        elapsed_ns = 0
+    elapsed = elapsed_ns / 1e9
+
+    def rate(n: int) -> float:
+        return round(n / elapsed, 3) if elapsed > 0 else 0.0
+
+    lat = latency_summary(rec.latencies_ns)
+    out: dict[str, Any] = {
+        "schema": SCHEMA,
+        "started_at": runner.started_at,
+        "config": {
+            "url": a.url,
+            "endpoint": a.endpoint,
+            "path": runner.path,
+            "concurrency": a.concurrency,
+            "duration_s": a.duration,
+            "requests": a.requests,
+            "warmup_s": a.warmup,
+            "batch": a.batch,
+            "timeout_s": a.timeout,
+            "connect_timeout_s": a.connect_timeout,
+            "validate": a.validate,
+            "queries_file": str(a.queries),
+            "lines": lines,
+            "body_extra": a.body_extra,
+        },
+        "count": rec.count,
+        "ok": rec.ok,
+        "errors": rec.count - rec.ok,
+        "error_rate": round((rec.count - rec.ok) / rec.count, 6) if rec.count else None,
+        "errors_by_kind": dict(sorted(rec.errors.items())),
+        "status_codes": dict(sorted(rec.status.items())),
+        "elapsed_s": round(elapsed, 6),
+        "qps": rate(rec.count),
+        "ok_qps": rate(rec.ok),
+        "texts_per_s": rate(rec.ok * a.batch),
+        "items_per_s": rate(rec.ok * a.batch) if a.endpoint == "encode" else None,
+        "p50_ms": lat["p50"],
+        "p90_ms": lat["p90"],
+        "p99_ms": lat["p99"],
+        "max_ms": lat["max"],
+        "latency_ms": lat,
+        "latency_ms_all": latency_summary(rec.all_latencies_ns),
+        "warmup": {"count": rec.warmup_count, "errors": rec.warmup_errors},
+        # the generator's own CPU (warm-up included): on a small machine it competes with the
+        # server, so a benchmark should report it next to the server's numbers
+        "loadgen_cpu_s": round(runner.cpu_s, 3),
+        "loadgen_cpu_ms_per_request": round(
+            1e3 * runner.cpu_s / max(rec.count + rec.warmup_count, 1), 4
+        ),
+        "truncated": runner.truncated,
+    }
+    if a.save_latencies:
+        out["latencies_ms"] = [round(v / 1e6, 4) for v in rec.latencies_ns]
+    return out
+
+
+def summary_line(r: dict[str, Any]) -> str:
+    c = r["config"]
+
+    def ms(v: float | None) -> str:
+        return "-" if v is None else f"{v:.2f}"
+
+    rate = f"{r['qps']:.1f} req/s"
+    if c["endpoint"] == "encode":
+        rate += f", {r['items_per_s']:.1f} items/s"
+    elif c["batch"] > 1:
+        rate += f", {r['texts_per_s']:.1f} queries/s"
+    codes = " ".join(f"{k}:{v}" for k, v in r["status_codes"].items()) or "-"
+    kinds = " ".join(f"{k}:{v}" for k, v in r["errors_by_kind"].items())
+    return (
+        f"loadgen {c['endpoint']} c={c['concurrency']} b={c['batch']}: {r['count']} req in "
+        f"{r['elapsed_s']:.2f}s, {rate}, ms p50 {ms(r['p50_ms'])} p90 {ms(r['p90_ms'])} "
+        f"p99 {ms(r['p99_ms'])} max {ms(r['max_ms'])}, errors {r['errors']}"
+        + (f" ({kinds})" if kinds else "")
+        + f", status {codes}"
+        + (" [truncated]" if r["truncated"] else "")
+    )
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def positive_float(text: str) -> float:
+    v = float(text)
+    if not v > 0 or math.isinf(v):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return v
+
+
+def non_negative_float(text: str) -> float:
+    v = float(text)
+    if not v >= 0 or math.isinf(v):
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return v
+
+
+def positive_int(text: str) -> int:
+    v = int(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return v
+
+
+def json_object(text: str) -> dict[str, Any]:
+    try:
+        v = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from exc
+    if not isinstance(v, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object")
+    return v
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="loadgen",
+        description="Closed-loop load generator for the sidserve gateway.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--url", required=True, help="gateway base URL, e.g. http://127.0.0.1:8000")
+    p.add_argument(
+        "--queries",
+        required=True,
+        type=Path,
+        help="text file, one query (or item text for --endpoint encode) per line",
+    )
+    p.add_argument("--concurrency", type=positive_int, default=8, help="closed-loop workers")
+    stop = p.add_mutually_exclusive_group(required=True)
+    stop.add_argument("--duration", type=positive_float, help="measured seconds (after warm-up)")
+    stop.add_argument("--requests", type=positive_int, help="measured requests (after warm-up)")
+    p.add_argument("--warmup", type=non_negative_float, default=0.0, help="unmeasured seconds")
+    p.add_argument("--endpoint", choices=sorted(PATHS), default="query")
+    p.add_argument(
+        "--batch",
+        type=positive_int,
+        default=1,
+        help="texts per request: query 1 sends {'query'}, >1 {'queries'}; encode: items",
+    )
+    p.add_argument(
+        "--body-extra",
+        type=json_object,
+        default={},
+        help='JSON object merged into every body, e.g. \'{"beam_width": 10, "top_k": 10}\'',
+    )
+    p.add_argument("--out", type=Path, help="write the results JSON here")
+    p.add_argument("--timeout", type=positive_float, default=10.0, help="total seconds per request")
+    p.add_argument("--connect-timeout", type=positive_float, default=2.0)
+    p.add_argument(
+        "--health-path",
+        default="/healthz",
+        help="GET before the run; must answer 2xx (empty string: skip the check)",
+    )
+    p.add_argument(
+        "--wait-ready",
+        type=non_negative_float,
+        default=0.0,
+        help="keep retrying the health check this many seconds before giving up",
+    )
+    p.add_argument(
+        "--max-time",
+        type=positive_float,
+        default=600.0,
+        help="with --requests: stop (results marked truncated) after this many seconds",
+    )
+    p.add_argument(
+        "--validate",
+        action="store_true",
+        help="parse each 2xx body and check it holds one result/item per text",
+    )
+    p.add_argument(
+        "--max-error-rate",
+        type=non_negative_float,
+        default=1.0,
+        help="exit 1 if errors/count exceeds this (exit 1 anyway when nothing succeeded)",
+    )
+    p.add_argument("--id-prefix", default="lg-", help="encode: item_id = prefix + line number")
+    p.add_argument("--save-latencies", action="store_true", help="also write every ok latency (ms)")
+    p.add_argument("--quiet", action="store_true", help="no summary line on stdout")
+    return p
+
+
+async def amain(args: argparse.Namespace) -> int:
+    lines = read_lines(args.queries)
+    bodies = Bodies(lines, args.endpoint, args.batch, args.body_extra, args.id_prefix)
+    runner = Runner(args, bodies)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, runner.on_signal)
+    await runner.run()
+    r = results(runner, len(lines))
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.out.with_name(args.out.name + f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(r, indent=2) + "\n", encoding="utf-8")
+        tmp.replace(args.out)
+    if not args.quiet:
+        print(summary_line(r), flush=True)
+    if r["ok"] == 0:
+        print("loadgen: no measured request succeeded", file=sys.stderr)
+        return 1
+    if r["error_rate"] is not None and r["error_rate"] > args.max_error_rate:
+        print(
+            f"loadgen: error rate {r['error_rate']:.4f} exceeds {args.max_error_rate}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    args.url = args.url.rstrip("/")
+    try:
+        return asyncio.run(amain(args))
+    except LoadgenError as exc:
+        print(f"loadgen: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before the handlers were installed
+        print("loadgen: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
