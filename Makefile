@@ -6,10 +6,17 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
 .PHONY: demo test lint install bench-quality clean triton-cpu
 
-demo:
-	@echo "make demo arrives with the gateway (issue 5): train a small indexer on the demo catalog," >&2
-	@echo "export it, serve it and answer a sample query. Not built yet." >&2
-	@exit 2
+DEMO ?= runs/demo
+SIDSERVE := HF_HUB_OFFLINE=1 $(VENV)/bin/sidserve
+
+# Train a small indexer on the bundled demo catalog (demo/, our own synthetic data), export
+# it, start the gateway on its embedded defaults and print the answer to a sample query.
+demo: $(STAMP)
+	$(SIDSERVE) train --catalog demo/catalog.csv --judgments demo/judgments.csv \
+		--config demo/indexer.json --out $(DEMO)/indexer
+	$(SIDSERVE) export --checkpoint $(DEMO)/indexer --catalog demo/catalog.csv \
+		--judgments demo/judgments.csv --out $(DEMO)/bundle --force
+	HF_HUB_OFFLINE=1 $(PY) demo/serve_and_query.py --bundle $(DEMO)/bundle
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
