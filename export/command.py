@@ -152,6 +152,7 @@ def export(args: argparse.Namespace) -> dict:
             levels=cfg.levels,
             codebook_sizes=[cfg.codebook_size] * cfg.levels,
             hidden_size=model.dim,
+            cache_entries=2 * model.cfg.decoder_layers,
             tokenizer={k: v for k, v in vars(spec).items() if k != "file"},
             graphs={"encoder": encoder_file, "decoder_step": DECODER_FILE},
             item_count=len(catalog),

@@ -22,8 +22,8 @@ OPSET = 17
 EXPORTER = "torch.onnx legacy (TorchScript) exporter, opset 17"
 ENCODER_INPUTS = ["input_ids", "attention_mask"]
 ENCODER_OUTPUTS = ["memory"]
-DECODER_INPUTS = ["memory", "attention_mask", "prefix", "level"]
-DECODER_OUTPUTS = ["logits"]
+DECODER_INPUTS = ["memory", "attention_mask", "prefix", "level", "past"]
+DECODER_OUTPUTS = ["logits", "present"]
 
 
 class EncoderGraph(nn.Module):
@@ -39,11 +39,15 @@ class EncoderGraph(nn.Module):
 
 
 class DecoderStepGraph(nn.Module):
-    """(memory (B, S, D), mask (B, S), prefix (B, W, L), level (B,)) -> logits (B, W, K).
+    """One decoder step with a key/value cache:
+    (memory (B, S, D), mask (B, S), prefix (B, W, L), level (B,), past (B, W, 2N, P, D))
+    -> logits (B, W, K), present (B, W, 2N, P + 1, D).
 
-    W beams per text share their text's encoder states: the cross-attention keys and values
-    are computed once per text, not once per beam, and only positions up to the deepest
-    level asked for are run (the later ones cannot influence them).
+    Only the new position (`level`) runs: its input is the embedding of the code chosen at
+    level-1 (BOS at level 0) and its self-attention reads the earlier positions' keys and
+    values from `past` (P = level; N decoder layers, keys then values per layer). The W beams
+    of a text share its encoder states: cross-attention keys and values are computed once per
+    text. All texts of a call are at the same level (P is one axis).
     """
 
     def __init__(self, model: SemanticIndexer):
@@ -57,60 +61,72 @@ class DecoderStepGraph(nn.Module):
         attention_mask: torch.Tensor,
         prefix: torch.Tensor,
         level: torch.Tensor,
+        past: torch.Tensor,
     ) -> torch.Tensor:
         m = self.model
-        b, w, levels = prefix.shape
+        b, w, _ = prefix.shape
         d = memory.shape[-1]
-        steps = torch.arange(levels, device=prefix.device)
-        chosen = m.codebooks[steps[None, None, :], prefix]  # (B, W, L, D)
-        x = torch.cat([m.bos.expand(b, w, 1, d), m.code_proj(chosen)], dim=2)
-        x = x + m.step_emb.weight  # (B, W, L + 1, D)
-        positions = torch.arange(level.max() + 1, device=prefix.device)
-        x = x.index_select(2, positions)  # (B, W, P, D)
-        self_bias = torch.zeros(positions.shape[0], positions.shape[0]).masked_fill(
-            positions[None, :] > positions[:, None], float("-inf")
-        )
+        last = (level - 1).clamp(min=0)  # the level whose code feeds this position
+        code = prefix.gather(2, last[:, None, None].expand(b, w, 1)).squeeze(2)  # (B, W)
+        emb = m.code_proj(m.codebooks[last[:, None].expand(b, w), code])  # (B, W, D)
+        first = (level == 0)[:, None, None]
+        x = torch.where(first, m.bos.expand(b, w, d), emb) + m.step_emb.weight[level][:, None]
         cross_bias = (attention_mask == 0)[:, None, None, :].float() * torch.finfo(x.dtype).min
-        for layer in m.decoder.layers:
-            x = _decoder_layer(layer, x, memory, self_bias, cross_bias)
-        reps = F.normalize(m.out_norm(x), dim=-1)
-        pick = level[:, None, None, None].expand(b, w, 1, d)
-        rep = reps.gather(2, pick).squeeze(2)  # (B, W, D): each text's own level
+        present = []
+        for i, layer in enumerate(m.decoder.layers):
+            x, k, v = _cached_layer(
+                layer, x, past[:, :, 2 * i], past[:, :, 2 * i + 1], memory, cross_bias
+            )
+            present += [k, v]
+        rep = F.normalize(m.out_norm(x), dim=-1)  # (B, W, D)
         book = self.books.index_select(0, level)  # (B, K, D)
-        return torch.bmm(rep, book.transpose(1, 2)) / m.cfg.code_temperature
+        logits = torch.bmm(rep, book.transpose(1, 2)) / m.cfg.code_temperature
+        return logits, torch.stack(present, dim=2)
 
 
-def _attention(
-    attn: nn.MultiheadAttention, q_in: torch.Tensor, kv_in: torch.Tensor, bias: torch.Tensor
-) -> torch.Tensor:
-    """nn.MultiheadAttention written out with reshapes that keep batch and length dynamic
-    (the module's own code bakes the example's sizes into the traced graph)."""
-    d, heads = attn.embed_dim, attn.num_heads
-    w, b = attn.in_proj_weight, attn.in_proj_bias
-    rows = q_in.shape[0]
-    q = F.linear(q_in, w[:d], b[:d]).reshape(rows, -1, heads, d // heads).transpose(1, 2)
-    k = F.linear(kv_in, w[d : 2 * d], b[d : 2 * d]).reshape(rows, -1, heads, d // heads)
-    v = F.linear(kv_in, w[2 * d :], b[2 * d :]).reshape(rows, -1, heads, d // heads)
-    scores = q @ k.permute(0, 2, 3, 1) / math.sqrt(d // heads) + bias
-    out = (scores.softmax(-1) @ v.transpose(1, 2)).transpose(1, 2).reshape(rows, -1, d)
-    return attn.out_proj(out)
+def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """(R, T, D) -> (R, H, T, D / H)."""
+    return x.reshape(x.shape[0], x.shape[1], heads, -1).transpose(1, 2)
 
 
-def _decoder_layer(
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, bias=None):
+    """Scaled dot-product attention of (R, Tq, D) queries over (R, Tk, D) keys/values."""
+    qh, kh, vh = _heads(q, heads), _heads(k, heads), _heads(v, heads)
+    scores = qh @ kh.transpose(2, 3) / math.sqrt(qh.shape[-1])
+    if bias is not None:
+        scores = scores + bias
+    out = scores.softmax(-1) @ vh  # (R, H, Tq, D / H)
+    return out.transpose(1, 2).reshape(q.shape[0], q.shape[1], -1)
+
+
+def _cached_layer(
     layer: nn.TransformerDecoderLayer,
     x: torch.Tensor,
+    past_k: torch.Tensor,
+    past_v: torch.Tensor,
     memory: torch.Tensor,
-    self_bias: torch.Tensor,
     cross_bias: torch.Tensor,
-) -> torch.Tensor:
-    """A norm-first nn.TransformerDecoderLayer in eval mode over x (B, W, P, D): self-attention
-    within each beam, cross-attention of all of a text's beams at once to its memory."""
-    b, d = x.shape[0], x.shape[-1]
-    h = layer.norm1(x).reshape(-1, x.shape[2], d)
-    x = x + _attention(layer.self_attn, h, h, self_bias).reshape(x.shape)
-    h = layer.norm2(x).reshape(b, -1, d)
-    x = x + _attention(layer.multihead_attn, h, memory, cross_bias).reshape(x.shape)
-    return x + layer.linear2(layer.activation(layer.linear1(layer.norm3(x))))
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A norm-first nn.TransformerDecoderLayer (eval) for one new position per beam.
+
+    x (B, W, D); past_k/v (B, W, P, D) projected keys/values of the earlier positions.
+    Returns the new x and the keys/values with this position appended (B, W, P + 1, D).
+    """
+    b, w, d = x.shape
+    sa, ca = layer.self_attn, layer.multihead_attn
+    heads = sa.num_heads
+    h = layer.norm1(x).reshape(b * w, 1, d)
+    q, k, v = F.linear(h, sa.in_proj_weight, sa.in_proj_bias).chunk(3, dim=-1)
+    keys = torch.cat([past_k.reshape(b * w, -1, d), k], dim=1)
+    values = torch.cat([past_v.reshape(b * w, -1, d), v], dim=1)
+    x = x + sa.out_proj(_attend(q, keys, values, heads)).reshape(b, w, d)
+    wq, wk, wv = ca.in_proj_weight.chunk(3)
+    bq, bk, bv = ca.in_proj_bias.chunk(3)
+    cq = F.linear(layer.norm2(x), wq, bq)  # (B, W, D): all beams of a text attend together
+    ck, cv = F.linear(memory, wk, bk), F.linear(memory, wv, bv)
+    x = x + ca.out_proj(_attend(cq, ck, cv, heads, cross_bias))
+    x = x + layer.linear2(layer.activation(layer.linear1(layer.norm3(x))))
+    return x, keys.reshape(b, w, -1, d), values.reshape(b, w, -1, d)
 
 
 def export_graphs(model: SemanticIndexer, out: Path) -> dict[str, Path]:
@@ -139,6 +155,8 @@ AXES = {
     "prefix": {0: "batch", 1: "beam"},
     "level": {0: "batch"},
     "logits": {0: "batch", 1: "beam"},
+    "past": {0: "batch", 1: "beam", 3: "past"},
+    "present": {0: "batch", 1: "beam", 3: "present"},
 }
 
 
@@ -162,15 +180,31 @@ def _export_both(model: SemanticIndexer, paths: dict[str, Path], levels: int, d:
     mask = (ids != 0).long()
     memory = torch.randn(2, ids.shape[1], d)
     prefix = torch.zeros(2, 3, levels, dtype=torch.long)
-    level = torch.tensor([0, levels - 1])
+    level = torch.tensor([1, 1])
+    past = torch.randn(2, 3, 2 * len(model.decoder.layers), 1, d)
     with torch.no_grad():
         _export_one(
             EncoderGraph(model), (ids, mask), paths["encoder"], ENCODER_INPUTS, ENCODER_OUTPUTS
         )
         _export_one(
             DecoderStepGraph(model),
-            (memory, mask, prefix, level),
+            (memory, mask, prefix, level, past),
             paths["decoder_step"],
             DECODER_INPUTS,
             DECODER_OUTPUTS,
         )
+    _fix_dims(paths["decoder_step"], "present", {2: past.shape[2], 4: d})
+
+
+def _fix_dims(path: Path, output: str, dims: dict[int, int]) -> None:
+    """Write the static sizes ONNX shape inference lost through a Concat into the graph's
+    declared output (Triton configs are checked against these shapes)."""
+    import onnx
+
+    graph = onnx.load(str(path))
+    (value,) = [v for v in graph.graph.output if v.name == output]
+    for axis, size in dims.items():
+        dim = value.type.tensor_type.shape.dim[axis]
+        dim.ClearField("dim_param")
+        dim.dim_value = int(size)
+    onnx.save(graph, str(path))

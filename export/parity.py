@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from service.onnx_model import OnnxIndexer
+from service.onnx_model import OnnxIndexer, greedy_steps
 from service.query_beams import search_beams
 from service.tokenizer import BundleTokenizer
 from service.trie import CompactTrie
@@ -66,23 +66,20 @@ def logit_diff(
     texts: list[str],
     max_length: int,
 ) -> float:
-    """Max |logit difference| over every level, decoding each text's own greedy path."""
+    """Max |logit difference| over every level along each text's greedy (ONNX) path."""
     levels = model.cfg.levels
     ids, mask = tokenizer.encode(texts, max_length)
     enc = hf_tokenizer(texts, padding=True, truncation=True, max_length=max_length)
     if not np.array_equal(np.asarray(enc["input_ids"]), ids):
         raise ParityError("tokenizer.json and the checkpoint's tokenizer give different ids")
-    memory = onnx.encode(ids, mask)
+    codes, steps = greedy_steps(onnx, ids, mask, levels)
     t_ids, t_mask = torch.from_numpy(ids), torch.from_numpy(mask)
     t_memory = model.encode(model.lower_states(t_ids, t_mask), t_mask)
-    prefix = np.zeros((len(texts), 1, levels), dtype=np.int64)
     worst = 0.0
-    for level in range(levels):
-        got = onnx.decode_step(memory, mask, prefix, np.full(len(texts), level, np.int64))[:, 0]
-        reps = model.decode(t_memory, t_mask, torch.from_numpy(prefix[:, 0, :level]))[:, level]
+    for level, got in enumerate(steps):
+        reps = model.decode(t_memory, t_mask, torch.from_numpy(codes[:, :level]))[:, level]
         want = model.code_logits(reps, level).numpy()
         worst = max(worst, float(np.abs(got - want).max()))
-        prefix[:, 0, level] = want.argmax(-1)
     return worst
 
 

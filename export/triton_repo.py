@@ -63,6 +63,7 @@ def template_values(manifest: Mapping[str, Any]) -> dict[str, str]:
         "codebook_size": str(max(codebooks)),
         "max_seq": str(max(int(tokenizer["max_query_tokens"]), int(tokenizer["max_item_tokens"]))),
         "pad_id": str(int(tokenizer["pad_id"])),
+        "cache_entries": str(int(manifest["decoder"]["cache_entries"])),
     }
 
 

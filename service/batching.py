@@ -160,5 +160,7 @@ class QueryBatcher:
         with self.metrics.stage("encode"):
             memory = self.backend.encode(ids, mask)
         with self.metrics.stage("beam_search"):
-            result = beams_for_memory(self.backend.decode_step, memory, mask, self.trie, beam)
+            result = beams_for_memory(
+                self.backend.decode_step, memory, mask, self.trie, beam, self.backend.cache_entries
+            )
         return list(result)

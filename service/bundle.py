@@ -71,6 +71,7 @@ class Bundle:
     tokenizer: TokenizerSpec
     item_ids: list[str]
     item_sids: np.ndarray  # (N, levels + 1) int32: semantic codes, then disambiguation
+    cache_entries: int  # decoder key/value cache entries per position (2 x decoder layers)
 
     def file(self, name: str) -> Path:
         return self.path / name
@@ -195,4 +196,5 @@ def load_bundle(path: str | Path, checksums: bool = True) -> Bundle:
         tokenizer=spec,
         item_ids=ids,
         item_sids=sids,
+        cache_entries=int(_require(manifest, "decoder", path)["cache_entries"]),
     )

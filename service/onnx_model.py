@@ -24,23 +24,56 @@ class OnnxIndexer:
     def __init__(self, encoder: str | Path, decoder: str | Path, threads: int = 0):
         self.encoder = make_session(encoder, threads)
         self.decoder = make_session(decoder, threads)
+        past = next(i for i in self.decoder.get_inputs() if i.name == "past")
+        self.cache_entries = int(past.shape[2])  # 2 x decoder layers (keys, values)
 
     def encode(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         return self.encoder.run(["memory"], {"input_ids": ids, "attention_mask": mask})[0]
 
     def decode_step(
-        self, memory: np.ndarray, mask: np.ndarray, prefix: np.ndarray, level: np.ndarray
-    ) -> np.ndarray:
-        feeds = {"memory": memory, "attention_mask": mask, "prefix": prefix, "level": level}
-        return self.decoder.run(["logits"], feeds)[0]
+        self,
+        memory: np.ndarray,
+        mask: np.ndarray,
+        prefix: np.ndarray,
+        level: np.ndarray,
+        past: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        feeds = {
+            "memory": memory,
+            "attention_mask": mask,
+            "prefix": prefix,
+            "level": level,
+            "past": past,
+        }
+        logits, present = self.decoder.run(["logits", "present"], feeds)
+        return logits, present
 
 
-def greedy_codes(model: OnnxIndexer, ids: np.ndarray, mask: np.ndarray, levels: int) -> np.ndarray:
-    """(B, levels) codes: at each level the best code given the text's own prefix (how items
-    get their SIDs; no trie, an item may open a new path)."""
+def empty_past(batch: int, beams: int, entries: int, hidden: int) -> np.ndarray:
+    """The key/value cache before level 0: no earlier positions."""
+    return np.zeros((batch, beams, entries, 0, hidden), dtype=np.float32)
+
+
+def greedy_steps(
+    model, ids: np.ndarray, mask: np.ndarray, levels: int
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Greedy decoding: at each level the best code given the text's own prefix (how items get
+    their SIDs; no trie, an item may open a new path). Returns (codes (B, levels), the logits
+    (B, K) of every level)."""
     memory = model.encode(ids, mask)
     prefix = np.zeros((len(ids), 1, levels), dtype=np.int64)
+    past = None
+    steps = []
     for level in range(levels):
-        logits = model.decode_step(memory, mask, prefix, np.full(len(ids), level, np.int64))
+        at = np.full(len(ids), level, np.int64)
+        if past is None:
+            past = empty_past(len(ids), 1, model.cache_entries, memory.shape[-1])
+        logits, past = model.decode_step(memory, mask, prefix, at, past)
+        steps.append(logits[:, 0])
         prefix[:, 0, level] = logits[:, 0].argmax(-1)
-    return prefix[:, 0]
+    return prefix[:, 0], steps
+
+
+def greedy_codes(model, ids: np.ndarray, mask: np.ndarray, levels: int) -> np.ndarray:
+    """(B, levels) greedy codes (see greedy_steps)."""
+    return greedy_steps(model, ids, mask, levels)[0]

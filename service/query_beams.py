@@ -1,5 +1,6 @@
 """Queries -> top-K catalog SIDs: the beam search's row-wise steps mapped onto the decoder
-graph's (text, beam) layout, so each level is one decoder call for the whole batch."""
+graph's (text, beam) layout with its key/value cache, so each level is one decoder call for
+the whole batch and runs only the new position of each beam."""
 
 from __future__ import annotations
 
@@ -7,31 +8,71 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from service.beam_search import BeamResult, Step, beam_search
+from service.beam_search import BeamResult, beam_search
+from service.onnx_model import empty_past
 from service.trie import CompactTrie
 
-# decode_step(memory, mask, prefix (B, W, L), level (B,)) -> logits (B, W, K)
-DecodeStep = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+# decode_step(memory, mask, prefix (B, W, L), level (B,), past) -> (logits (B, W, K), present)
+DecodeStep = Callable[
+    [np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]
+]
 
 
-def grid_step(decode_step: DecodeStep, memory: np.ndarray, mask: np.ndarray) -> Step:
-    """Adapt the graph to the search: rows (R,) of query q with prefixes (R, L) become a
-    (queries, W, L) grid, W = most live beams of any query; padded slots are computed and
-    dropped."""
+def _keys(rows: np.ndarray, prefix: np.ndarray, depth: int, radix: int) -> np.ndarray:
+    """One int64 per (query, first `depth` codes): finds a row's parent beam."""
+    key = rows.astype(np.int64)
+    for j in range(depth):
+        key = key * radix + prefix[:, j]
+    return key
 
-    def step(level: int, rows: np.ndarray, prefix: np.ndarray) -> np.ndarray:
+
+class CachedSteps:
+    """The beam search's `step` over the cached decoder graph.
+
+    Rows (R,) of query q with prefixes (R, L) become a (queries, W, L) grid, W = most live
+    beams of any query (padded slots are computed and dropped). Each row's cache is its parent
+    beam's `present` from the previous level: the row whose query and codes agree with it on
+    every level but the last one chosen.
+    """
+
+    def __init__(
+        self,
+        decode_step: DecodeStep,
+        memory: np.ndarray,
+        mask: np.ndarray,
+        entries: int,
+        radix: int,
+    ):
+        self.decode_step, self.memory, self.mask = decode_step, memory, mask
+        self.entries, self.radix = entries, radix
+        self._keys: np.ndarray | None = None  # previous level's row keys, sorted
+        self._present: np.ndarray | None = None  # (R_prev, entries, P, D) in that order
+
+    def __call__(self, level: int, rows: np.ndarray, prefix: np.ndarray) -> np.ndarray:
         queries, inverse, counts = np.unique(rows, return_inverse=True, return_counts=True)
         order = np.argsort(inverse, kind="stable")
         starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
         slot = np.empty(len(rows), dtype=np.int64)
         slot[order] = np.arange(len(rows)) - starts[inverse[order]]
-        grid = np.zeros((len(queries), int(counts.max()), prefix.shape[1]), dtype=np.int64)
+        width = int(counts.max())
+        grid = np.zeros((len(queries), width, prefix.shape[1]), dtype=np.int64)
         grid[inverse, slot] = prefix
+        hidden = self.memory.shape[-1]
+        past = empty_past(len(queries), width, self.entries, hidden)
+        if level > 0:
+            assert self._keys is not None and self._present is not None
+            parent = np.searchsorted(self._keys, _keys(rows, prefix, level - 1, self.radix))
+            past = np.zeros((len(queries), width, *self._present.shape[1:]), dtype=np.float32)
+            past[inverse, slot] = self._present[parent]
         levels = np.full(len(queries), level, dtype=np.int64)
-        logits = decode_step(memory[queries], mask[queries], grid, levels)
+        logits, present = self.decode_step(
+            self.memory[queries], self.mask[queries], grid, levels, past
+        )
+        keys = _keys(rows, prefix, level, self.radix)
+        sort = np.argsort(keys)
+        self._keys = keys[sort]
+        self._present = present[inverse, slot][sort]
         return logits[inverse, slot]
-
-    return step
 
 
 def beams_for_memory(
@@ -40,8 +81,11 @@ def beams_for_memory(
     mask: np.ndarray,
     trie: CompactTrie,
     beam: int,
+    entries: int,
 ) -> BeamResult:
-    return beam_search(grid_step(decode_step, memory, mask), trie, len(memory), beam, trie.levels)
+    radix = max(trie.codebook_sizes)
+    step = CachedSteps(decode_step, memory, mask, entries, radix)
+    return beam_search(step, trie, len(memory), beam, trie.levels)
 
 
 def search_beams(
@@ -53,5 +97,7 @@ def search_beams(
     for start in range(0, len(texts), 64):
         ids, mask = tokenizer.queries(list(texts[start : start + 64]))
         memory = model.encode(ids, mask)
-        out.extend(beams_for_memory(model.decode_step, memory, mask, trie, beam))
+        out.extend(
+            beams_for_memory(model.decode_step, memory, mask, trie, beam, model.cache_entries)
+        )
     return out

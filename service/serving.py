@@ -45,6 +45,7 @@ def build_backend(settings: Settings, bundle: Bundle) -> InferenceBackend:
             settings.triton_encoder,
             settings.triton_decoder,
             settings.inference_timeout_s,
+            bundle.cache_entries,
         )
     from service.backends.embedded import EmbeddedBackend
 

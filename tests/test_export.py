@@ -202,3 +202,25 @@ def test_unknown_format_version(tiny_export, tmp_path):
     (b / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(FormatVersionError, match="manifest.json.*99"):
         load_bundle(b)
+
+
+def test_tensorrt_profiles_cover_the_graph_inputs(tiny_export, capsys):
+    """No GPU here: the profiles are checked against the graphs, and building stops with a
+    message naming what is missing."""
+    import onnx
+
+    from export.tensorrt import Limits, main, profiles
+
+    bundle = load_bundle(tiny_export["bundle"])
+    for role, shapes in profiles(bundle.manifest, Limits()).items():
+        graph = onnx.load(str(bundle.path / bundle.manifest["graphs"][role]))
+        inputs = {i.name: len(i.type.tensor_type.shape.dim) for i in graph.graph.input}
+        assert set(shapes) == set(inputs)
+        for name, (lo, opt, hi) in shapes.items():
+            assert len(lo) == len(opt) == len(hi) == inputs[name]
+            assert all(a <= b <= c for a, b, c in zip(lo, opt, hi, strict=True)), name
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        assert main(["--bundle", str(bundle.path), "--out", "/nonexistent/trt"]) == 2
+        assert "TensorRT is not installed" in capsys.readouterr().err

@@ -563,6 +563,7 @@ def write_bundle(root: Path, ids: list[str], sids: np.ndarray) -> Path:
         levels=levels,
         codebook_sizes=[int(sids[:, :levels].max()) + 1] * levels,
         hidden_size=8,
+        cache_entries=2,
         tokenizer={
             "max_query_tokens": 8,
             "max_item_tokens": 8,

@@ -2,8 +2,7 @@
 and a real tritonserver (CPU variant) answers HTTP and gRPC as in-process ONNX Runtime does.
 
 The server serves the real export of the tiny random model (or SIDSERVE_TRITON_BUNDLE); sizes
-come from the served bundle's manifest. The small stand-in bundle is only a second bundle for
-the versioning tests.
+come from the served bundle's manifest.
 """
 
 from __future__ import annotations
@@ -31,7 +30,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.utils import InferenceServerException
 
 from export.triton_repo import MARKER, MODELS, TEMPLATES, materialise, read_manifest, render_config
-from tests.triton_server import TritonServer, build_tiny_bundle
+from tests.triton_server import TritonServer, variant_bundle
 
 ATOL = 1e-5
 GRAPH_KEYS = {"sid_encoder": "encoder", "sid_decoder": "decoder_step"}
@@ -90,16 +89,23 @@ class Reference:
             mask[r, :n] = 1
         return {"input_ids": ids, "attention_mask": mask}
 
+    @property
+    def cache_entries(self) -> int:
+        return int(self.manifest["decoder"]["cache_entries"])
+
     def decoder_inputs(
-        self, rng: np.random.Generator, rows: int, seq: int, beam: int
+        self, rng: np.random.Generator, rows: int, seq: int, beam: int, level: int = 1
     ) -> dict[str, np.ndarray]:
-        """One decoder step for `rows` texts of `seq` tokens with `beam` beams each."""
+        """One decoder step at `level` for `rows` texts of `seq` tokens with `beam` beams each
+        (a random key/value cache of the `level` earlier positions)."""
         enc = self.encoder_inputs(rng, rows, seq)
+        past = rng.standard_normal((rows, beam, self.cache_entries, level, self.hidden))
         return {
             "memory": self.encode(**enc),
             "attention_mask": enc["attention_mask"],
             "prefix": rng.integers(0, self.codebook, size=(rows, beam, self.levels)),
-            "level": rng.integers(0, self.levels, size=(rows, 1)),
+            "level": np.full((rows, 1), level, dtype=np.int64),
+            "past": past.astype(np.float32),
         }
 
 
@@ -230,7 +236,7 @@ def test_materialise_is_idempotent_and_versions_new_bundles(
     assert not (repo / "sid_encoder" / "1" / "model.py").exists()
     assert 'backend: "onnxruntime"' in (repo / "sid_encoder" / "config.pbtxt").read_text()
 
-    other = build_tiny_bundle(tmp_path / "other", seed=1)
+    other = variant_bundle(triton_bundle_dir, tmp_path / "other")
     other_version = read_manifest(other)["model_version"]
     assert other_version != version
     materialise(other, repo, "cpu")

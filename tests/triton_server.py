@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import re
@@ -339,183 +338,35 @@ def run_tritonserver(repo: Path, workdir: Path, timeout: float = 90.0) -> Iterat
             region.unlink(missing_ok=True)
 
 
-# --------------------------------------------------------------------------------------------
-# Stand-in bundle: tiny graphs that follow docs/bundle.md exactly. Replace the body of
-# fixture_triton_bundle_dir with the real tiny export once export/onnx_graphs.py exists.
-# --------------------------------------------------------------------------------------------
+def variant_bundle(bundle: Path, out: Path) -> Path:
+    """The same graphs with another item table: a second model version for the versioning
+    tests, without a second export."""
+    import json
 
-TINY = {"hidden": 8, "levels": 3, "codebook": 16, "vocab": 64, "items": 12}
+    from export.bundle import finish_bundle, write_item_table
+    from service.bundle import load_bundle
 
-
-def _encoder_graph(rng: np.random.Generator, vocab: int, hidden: int):  # -> onnx.ModelProto
-    """Embedding lookup, masked mean as context, a linear layer and tanh; zero at padding.
-
-    Mask-aware like the real encoder: padding a row further never changes its real positions.
-    """
-    from onnx import TensorProto, helper, numpy_helper
-
-    f32 = np.float32
-    inits = [
-        numpy_helper.from_array(rng.normal(size=(vocab, hidden)).astype(f32), "embed"),
-        numpy_helper.from_array(rng.normal(size=(hidden, hidden)).astype(f32) / 3, "weight"),
-        numpy_helper.from_array(np.array([1], np.int64), "axis_seq"),
-        numpy_helper.from_array(np.array([2], np.int64), "axis_hidden"),
-        numpy_helper.from_array(np.array(1.0, f32), "one"),
-    ]
-    nodes = [
-        helper.make_node("Gather", ["embed", "input_ids"], ["emb"]),
-        helper.make_node("Cast", ["attention_mask"], ["mask_f"], to=TensorProto.FLOAT),
-        helper.make_node("Unsqueeze", ["mask_f", "axis_hidden"], ["mask3"]),
-        helper.make_node("Mul", ["emb", "mask3"], ["emb_masked"]),
-        helper.make_node("ReduceSum", ["emb_masked", "axis_seq"], ["total"], keepdims=1),
-        helper.make_node("ReduceSum", ["mask3", "axis_seq"], ["count"], keepdims=1),
-        helper.make_node("Max", ["count", "one"], ["count1"]),
-        helper.make_node("Div", ["total", "count1"], ["context"]),
-        helper.make_node("Add", ["emb", "context"], ["mixed"]),
-        helper.make_node("MatMul", ["mixed", "weight"], ["projected"]),
-        helper.make_node("Tanh", ["projected"], ["activated"]),
-        helper.make_node("Mul", ["activated", "mask3"], ["memory"]),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "encoder",
-        [
-            helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
-            helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "seq"]),
-        ],
-        [helper.make_tensor_value_info("memory", TensorProto.FLOAT, ["batch", "seq", hidden])],
-        inits,
+    b = load_bundle(bundle)
+    staging = out.with_name(f".{out.name}.partial")
+    staging.mkdir(parents=True)
+    for name in {b.tokenizer.file, *b.manifest["graphs"].values()}:
+        shutil.copyfile(bundle / name, staging / name)
+    sids = b.item_sids.copy()
+    sids[:, -1] += 1  # other disambiguation codes: other table, other version
+    write_item_table(staging, b.item_ids, np.asarray(sids))
+    m = b.manifest
+    return finish_bundle(
+        staging,
+        out,
+        levels=b.levels,
+        codebook_sizes=b.codebook_sizes,
+        hidden_size=b.hidden_size,
+        cache_entries=b.cache_entries,
+        tokenizer={k: v for k, v in m["tokenizer"].items() if k != "file"},
+        graphs=m["graphs"],
+        item_count=len(b.item_ids),
+        source={"variant_of": json.dumps(m["model_version"])},
     )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-
-
-def _decoder_graph(rng: np.random.Generator, hidden: int, levels: int, codebook: int):
-    """Per text: masked mean of memory + a level embedding; per beam: + the embeddings of its
-    codes before `level`; tanh, then a scaled projection to the codebook. Codes at columns
-    >= level are ignored and beams are independent, as docs/bundle.md requires.
-    """
-    from onnx import TensorProto, helper, numpy_helper
-
-    f32 = np.float32
-    inits = [
-        numpy_helper.from_array(
-            rng.normal(size=(levels * codebook, hidden)).astype(f32), "code_embed"
-        ),
-        numpy_helper.from_array(rng.normal(size=(levels, hidden)).astype(f32), "level_embed"),
-        numpy_helper.from_array(rng.normal(size=(hidden, codebook)).astype(f32), "out_weight"),
-        numpy_helper.from_array(np.arange(levels, dtype=np.int64) * codebook, "code_offset"),
-        numpy_helper.from_array(np.arange(levels, dtype=np.int64)[None, :], "columns"),
-        numpy_helper.from_array(np.array([1], np.int64), "axis1"),
-        numpy_helper.from_array(np.array([2], np.int64), "axis2"),
-        numpy_helper.from_array(np.array([1, 3], np.int64), "axes13"),
-        numpy_helper.from_array(np.array(1.0, f32), "one"),
-        numpy_helper.from_array(np.array(1 / 0.07, f32), "inv_temperature"),
-    ]
-    nodes = [
-        # (batch, hidden): the text's masked mean state plus its level's embedding.
-        helper.make_node("Cast", ["attention_mask"], ["mask_f"], to=TensorProto.FLOAT),
-        helper.make_node("Unsqueeze", ["mask_f", "axis2"], ["mask3"]),
-        helper.make_node("Mul", ["memory", "mask3"], ["mem_masked"]),
-        helper.make_node("ReduceSum", ["mem_masked", "axis1"], ["total"], keepdims=0),
-        helper.make_node("ReduceSum", ["mask3", "axis1"], ["count"], keepdims=0),
-        helper.make_node("Max", ["count", "one"], ["count1"]),
-        helper.make_node("Div", ["total", "count1"], ["pooled"]),
-        helper.make_node("Gather", ["level_embed", "level"], ["level_vec"]),
-        helper.make_node("Add", ["pooled", "level_vec"], ["text_state"]),
-        helper.make_node("Unsqueeze", ["text_state", "axis1"], ["text_state3"]),
-        # (batch, beam, hidden): each beam's chosen codes (columns < level).
-        helper.make_node("Add", ["prefix", "code_offset"], ["code_index"]),
-        helper.make_node("Gather", ["code_embed", "code_index"], ["codes"]),
-        helper.make_node("Unsqueeze", ["level", "axis1"], ["level2"]),
-        helper.make_node("Less", ["columns", "level2"], ["chosen"]),
-        helper.make_node("Cast", ["chosen"], ["chosen_f"], to=TensorProto.FLOAT),
-        helper.make_node("Unsqueeze", ["chosen_f", "axes13"], ["chosen4"]),
-        helper.make_node("Mul", ["codes", "chosen4"], ["codes_chosen"]),
-        helper.make_node("ReduceSum", ["codes_chosen", "axis2"], ["prefix_sum"], keepdims=0),
-        helper.make_node("Add", ["prefix_sum", "text_state3"], ["state_in"]),
-        helper.make_node("Tanh", ["state_in"], ["state"]),
-        helper.make_node("MatMul", ["state", "out_weight"], ["raw"]),
-        helper.make_node("Mul", ["raw", "inv_temperature"], ["logits"]),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "decoder_step",
-        [
-            helper.make_tensor_value_info("memory", TensorProto.FLOAT, ["batch", "seq", hidden]),
-            helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "seq"]),
-            helper.make_tensor_value_info("prefix", TensorProto.INT64, ["batch", "beam", levels]),
-            helper.make_tensor_value_info("level", TensorProto.INT64, ["batch"]),
-        ],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "beam", codebook])],
-        inits,
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-
-
-def _tokenizer_json(vocab: int) -> str:
-    """A WordLevel tokenizer in Hugging Face `tokenizers` format with the manifest's ids."""
-    from tokenizers import Tokenizer
-    from tokenizers.models import WordLevel
-    from tokenizers.pre_tokenizers import Whitespace
-
-    words = ["[PAD]", "[CLS]", "[SEP]", "[UNK]"] + [f"w{i}" for i in range(vocab - 4)]
-    tokenizer = Tokenizer(WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
-    tokenizer.pre_tokenizer = Whitespace()
-    return tokenizer.to_str()
-
-
-def _file_record(path: Path) -> dict[str, object]:
-    return {"sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "bytes": path.stat().st_size}
-
-
-def build_tiny_bundle(out: Path, seed: int = 0) -> Path:
-    """A complete bundle (docs/bundle.md) around tiny random graphs; deterministic per seed."""
-    import onnx
-
-    rng = np.random.default_rng(seed)
-    hidden, levels, codebook = TINY["hidden"], TINY["levels"], TINY["codebook"]
-    out.mkdir(parents=True, exist_ok=True)
-    for name, model in [
-        ("encoder.onnx", _encoder_graph(rng, TINY["vocab"], hidden)),
-        ("decoder_step.onnx", _decoder_graph(rng, hidden, levels, codebook)),
-    ]:
-        onnx.checker.check_model(model, full_check=True)
-        onnx.save(model, out / name)
-    (out / "tokenizer.json").write_text(_tokenizer_json(TINY["vocab"]), encoding="utf-8")
-    ids = [f"p{i}" for i in range(TINY["items"])]
-    (out / "items.ids.txt").write_text("\n".join(ids) + "\n", encoding="utf-8")
-    sids = rng.integers(0, codebook, size=(len(ids), levels + 1)).astype(np.int32)
-    sids[:, -1] = np.arange(len(ids)) % 2  # disambiguation code
-    np.save(out / "items.sids.npy", sids)
-
-    model_files = ["tokenizer.json", "encoder.onnx", "decoder_step.onnx", "items.sids.npy"]
-    files = {n: _file_record(out / n) for n in [*model_files, "items.ids.txt"]}
-    version_source = "\n".join(f"{n} {files[n]['sha256']}" for n in sorted(model_files))
-    manifest = {
-        "format_version": 1,
-        "model_version": hashlib.sha256(version_source.encode()).hexdigest()[:16],
-        "levels": levels,
-        "codebook_sizes": [codebook] * levels,
-        "hidden_size": hidden,
-        "tokenizer": {
-            "file": "tokenizer.json",
-            "max_query_tokens": 12,
-            "max_item_tokens": 16,
-            "pad_id": 0,
-            "cls_id": 1,
-            "sep_id": 2,
-        },
-        "graphs": {"encoder": "encoder.onnx", "decoder_step": "decoder_step.onnx"},
-        "items": {"ids": "items.ids.txt", "sids": "items.sids.npy", "count": len(ids)},
-        "files": files,
-        "source": {
-            "checkpoint": None,
-            "catalog_sha256": None,
-            "exporter": "onnx.helper stand-in (tests/triton_server.py)",
-        },
-    }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    return out
 
 
 # --------------------------------------------------------------------------------------------

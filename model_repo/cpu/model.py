@@ -6,12 +6,13 @@ graph, so export/triton_repo.py copies this file unchanged into every version di
 
 Dynamic batching hands `execute` several requests at once. They are concatenated along the
 batch axis and run as one ONNX Runtime call. Requests may differ in the graph's other named
-dynamic axes (`seq`; the decoder's `beam`; the config marks those inputs
-`allow_ragged_batch`): inputs are right-padded to the longest request along each of them
-(with the `pad_values` parameter, default 0, so padded tokens have attention mask 0 and
-padded beams are valid code-0 prefixes), and each output axis of the same name is cut back to
-the request's own size. The bundle graphs are mask-aware and treat beams independently
-(docs/bundle.md), so padding never changes a real position's result.
+dynamic axes (`seq`; the decoder's `beam`; the config marks those inputs `allow_ragged_batch`,
+but not the decoder's `past`, whose length must match): inputs are right-padded to the
+longest request along each of them (with the `pad_values` parameter, default 0, so padded
+tokens have attention mask 0 and padded beams are valid code-0 prefixes), and each output
+axis of the same name is cut back to the request's own size. The bundle graphs are mask-aware
+and treat beams independently (docs/bundle.md), so padding never changes a real position's
+result.
 """
 
 from __future__ import annotations
@@ -94,14 +95,9 @@ class TritonPythonModel:
             )
         self.inputs = [_tensor(cfg_in[n], shape) for n, shape in graph_in.items()]
         self.outputs = [_tensor(cfg_out[n], shape) for n, shape in graph_out.items()]
-        known = {name for t in self.inputs for name in t.axes.values()}
-        for t in self.outputs:
-            unknown = set(t.axes.values()) - known
-            if unknown:
-                raise pb_utils.TritonModelException(
-                    f"{self.model_name}: output {t.name} has dynamic axes {sorted(unknown)} "
-                    "that no input has, so a batch cannot be split back into requests"
-                )
+        # An output axis that no input has (the decoder's `present`, one longer than `past`)
+        # is not cut back per request: it must follow from inputs that are not ragged, so it
+        # is the same for every request of a batch (`past` has no allow_ragged_batch).
 
     def _read(self, request: Any) -> _Request:
         feeds: dict[str, np.ndarray] = {}
@@ -145,7 +141,8 @@ class TritonPythonModel:
                 index = [slice(None)] * full.ndim
                 index[0] = slice(start, start + rows)
                 for axis, name in t.axes.items():
-                    index[axis] = slice(0, sizes[name])
+                    if name in sizes:
+                        index[axis] = slice(0, sizes[name])
                 part = np.ascontiguousarray(full[tuple(index)], dtype=t.dtype)
                 tensors.append(pb_utils.Tensor(t.name, part))
             per_request.append(tensors)

@@ -19,15 +19,21 @@ class BackendUnavailable(Exception):
 
 class InferenceBackend(Protocol):
     name: str
+    cache_entries: int  # decoder key/value cache entries per position (2 x layers)
 
     def encode(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """(B, S) int64 ids and mask -> (B, S, D) float32 encoder states."""
         ...
 
     def decode_step(
-        self, memory: np.ndarray, mask: np.ndarray, prefix: np.ndarray, level: np.ndarray
-    ) -> np.ndarray:
-        """docs/bundle.md's decoder step: (B, W, L) prefixes, (B,) levels -> (B, W, K) logits."""
+        self,
+        memory: np.ndarray,
+        mask: np.ndarray,
+        prefix: np.ndarray,
+        level: np.ndarray,
+        past: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """docs/bundle.md's decoder step -> (logits (B, W, K), present cache)."""
         ...
 
     async def check(self) -> None:

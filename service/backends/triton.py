@@ -20,12 +20,13 @@ from service.backends.base import BackendUnavailable
 class TritonBackend:
     name = "triton"
 
-    def __init__(self, url: str, encoder: str, decoder: str, timeout_s: float):
+    def __init__(self, url: str, encoder: str, decoder: str, timeout_s: float, cache_entries: int):
         from tritonclient.grpc import aio as grpcclient
 
         self._grpc = grpcclient
         self.url, self.encoder_model, self.decoder_model = url, encoder, decoder
         self.timeout_s = timeout_s
+        self.cache_entries = cache_entries
         self.client: Any = None
         self.loop: asyncio.AbstractEventLoop | None = None
 
@@ -50,7 +51,9 @@ class TritonBackend:
         except Exception as exc:  # InferenceServerException, grpc errors
             raise BackendUnavailable(f"Triton at {self.url}: {exc}") from exc
 
-    async def _infer(self, model: str, inputs: dict[str, np.ndarray], output: str) -> np.ndarray:
+    async def _infer(
+        self, model: str, inputs: dict[str, np.ndarray], outputs: list[str]
+    ) -> list[np.ndarray]:
         g = self._grpc
         reqs = []
         for name, arr in inputs.items():
@@ -61,25 +64,32 @@ class TritonBackend:
         result = await self.client.infer(
             model,
             reqs,
-            outputs=[g.InferRequestedOutput(output)],
+            outputs=[g.InferRequestedOutput(name) for name in outputs],
             client_timeout=self.timeout_s,
         )
-        return result.as_numpy(output)
+        return [result.as_numpy(name) for name in outputs]
 
     def encode(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         feeds = {"input_ids": ids, "attention_mask": mask}
-        return self._wait(self._infer(self.encoder_model, feeds, "memory"))
+        return self._wait(self._infer(self.encoder_model, feeds, ["memory"]))[0]
 
     def decode_step(
-        self, memory: np.ndarray, mask: np.ndarray, prefix: np.ndarray, level: np.ndarray
-    ) -> np.ndarray:
+        self,
+        memory: np.ndarray,
+        mask: np.ndarray,
+        prefix: np.ndarray,
+        level: np.ndarray,
+        past: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
         feeds = {
             "memory": memory.astype(np.float32, copy=False),
             "attention_mask": mask,
             "prefix": prefix,
             "level": level.reshape(-1, 1),
+            "past": past,
         }
-        return self._wait(self._infer(self.decoder_model, feeds, "logits"))
+        logits, present = self._wait(self._infer(self.decoder_model, feeds, ["logits", "present"]))
+        return logits, present
 
     async def check(self) -> None:
         try:
