@@ -32,7 +32,7 @@ class Settings(BaseSettings):
     # micro-batching of queries (embedded and Triton backends alike)
     batch_max_queries: int = Field(32, ge=1, description="queries per decoder batch")
     batch_max_wait_ms: float = Field(
-        1.0, ge=0, description="how long a lone query waits for company"
+        0.0, ge=0, description="how long a lone query waits for company"
     )
     queue_limit: int = Field(1024, ge=1, description="queued queries before 503")
     onnx_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0 = auto)")
