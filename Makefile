@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: demo test lint install bench-quality clean triton-cpu
+.PHONY: demo test lint install bench-quality bench-export bench-serving clean triton-cpu
 
 DEMO ?= runs/demo
 SIDSERVE := HF_HUB_OFFLINE=1 $(VENV)/bin/sidserve
@@ -46,6 +46,15 @@ lint: $(STAMP)
 
 bench-quality: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/quality.py
+
+# Both need a trained checkpoint in runs/indexer (sidserve train, see README.md);
+# bench-serving also the bundle that bench-export (or sidserve export) writes.
+bench-export: $(STAMP) triton-cpu
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/export.py --checkpoint runs/indexer
+
+bench-serving: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/serving.py --bundle runs/bench-export/bundle \
+		--checkpoint runs/indexer
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

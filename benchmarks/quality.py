@@ -9,13 +9,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import subprocess
 import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import machine  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 HOME_DEPOT_METHODS = ["bm25", "dense", "dense-ft", "hkmeans", "rqvae", "dsirm"]
@@ -140,18 +142,6 @@ def targets(hd: dict[str, dict], toys: dict[str, dict]) -> list[str]:
     return ["| target | measured | met |", "|---|---|---|"] + [
         f"| {t} | {m} | {'yes' if ok else 'no'} |" for t, m, ok in rows
     ]
-
-
-def machine() -> str:
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}, no GPU"
 
 
 def main() -> int:

@@ -6,6 +6,7 @@ import time
 
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
 
 from service import protocol as p
 from service.serving import SidService
@@ -21,11 +22,18 @@ def service(request: Request) -> SidService:
     return request.app.state.service
 
 
+def json_response(model: BaseModel) -> Response:
+    """Serialise a response model built by `serving` directly (pydantic-core), skipping
+    FastAPI's second validation pass over it: for 100 candidates that pass cost more than the
+    beam search's bookkeeping. The declared `response_model` still documents the schema."""
+    return Response(model.model_dump_json(), media_type="application/json")
+
+
 @router.post("/v1/query/sids", response_model=p.QuerySidsResponse, responses=ERRORS)
-async def query_sids(body: p.QuerySidsRequest, request: Request) -> p.QuerySidsResponse:
+async def query_sids(body: p.QuerySidsRequest, request: Request) -> Response:
     """Query (or batch) -> top-K SIDs by trie-constrained beam search -> candidate items
     with prefix-match features."""
-    return await service(request).query_sids(body)
+    return json_response(await service(request).query_sids(body))
 
 
 @router.post("/v1/items/encode", response_model=p.EncodeResponse, responses=ERRORS)

@@ -1,10 +1,13 @@
 """Micro-batching of queries: one owner of the queue (the text-embeddings-inference design).
 
-Requests put one job per query on the queue and await its future. A single owner task takes
-the queued jobs with the same beam width as the oldest one (up to `max_batch`), pads them into
-one batch, and runs encoder + beam search in the one worker thread; while that runs, new jobs
-queue up and form the next batch. So batches grow with load by themselves; `max_wait_s`
-optionally holds a lone job back for company. Queue depth and batch sizes go to Prometheus.
+Requests put one job per query on the queue and await its future. A single owner task waits
+for a free worker, takes the queued jobs with the same beam width as the oldest one (up to
+`max_batch`), pads them into one batch and hands it to the worker thread (encoder + beam
+search). While workers are busy, new jobs queue up and form the next batch, so batches grow
+with load by themselves; `max_wait_s` optionally holds a lone job back for company. With
+several workers (each running ONNX Runtime single-threaded by default) batches run side by
+side: small graphs use cores better that way than with intra-op threads. Queue depth and batch
+sizes go to Prometheus.
 """
 
 from __future__ import annotations
@@ -61,15 +64,19 @@ class QueryBatcher:
         max_batch: int = 32,
         max_wait_s: float = 0.0,
         queue_limit: int = 1024,
+        workers: int = 1,
     ):
         self.backend, self.trie, self.metrics, self.pad_id = backend, trie, metrics, pad_id
         self.max_batch, self.max_wait_s, self.queue_limit = max_batch, max_wait_s, queue_limit
         self._queue: deque[_Job] = deque()
         self._wake = asyncio.Event()
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="sidserve-infer")
+        self.workers = workers
+        self._executor = ThreadPoolExecutor(workers, thread_name_prefix="sidserve-infer")
         self._owner: asyncio.Task[None] | None = None
+        self._running: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
+        self._slots = asyncio.Semaphore(self.workers)
         self._owner = asyncio.get_running_loop().create_task(self._own(), name="batcher")
 
     async def stop(self) -> None:
@@ -81,6 +88,8 @@ class QueryBatcher:
             if not job.future.done():
                 job.future.set_exception(Overloaded("gateway shutting down"))
         self._queue.clear()
+        if self._running:  # batches in flight finish and answer their requests
+            await asyncio.gather(*self._running, return_exceptions=True)
         self._executor.shutdown(wait=True)
 
     @property
@@ -130,30 +139,40 @@ class QueryBatcher:
             if not self._queue:
                 self._wake.clear()
                 await self._wake.wait()
-            if self.max_wait_s > 0 and len(self._queue) < self.max_batch:
+            await self._slots.acquire()  # a free worker; meanwhile the queue fills up
+            if self.max_wait_s > 0 and self._queue and len(self._queue) < self.max_batch:
                 wait = self._queue[0].enqueued + self.max_wait_s - time.perf_counter()
                 if wait > 0:
                     await asyncio.sleep(wait)
             jobs = self._take()
             self.metrics.queue_depth.set(len(self._queue))
             if not jobs:
+                self._slots.release()
                 continue
             now = time.perf_counter()
             for j in jobs:
                 self.metrics.stage_seconds.labels("queue").observe(now - j.enqueued)
             self.metrics.batch_size.observe(len(jobs))
-            try:
-                results = await loop.run_in_executor(
-                    self._executor, self._compute, [j.ids for j in jobs], jobs[0].beam
-                )
-            except Exception as exc:  # handed to the waiting requests, mapped there
-                for j in jobs:
-                    if not j.future.done():
-                        j.future.set_exception(exc)
-                continue
-            for j, r in zip(jobs, results, strict=True):
+            task = loop.create_task(self._dispatch(jobs))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _dispatch(self, jobs: list[_Job]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            results = await loop.run_in_executor(
+                self._executor, self._compute, [j.ids for j in jobs], jobs[0].beam
+            )
+        except Exception as exc:  # handed to the waiting requests, mapped there
+            for j in jobs:
                 if not j.future.done():
-                    j.future.set_result(r)
+                    j.future.set_exception(exc)
+            return
+        finally:
+            self._slots.release()
+        for j, r in zip(jobs, results, strict=True):
+            if not j.future.done():
+                j.future.set_result(r)
 
     def _compute(self, rows: list[np.ndarray], beam: int) -> list[Beams]:
         ids, mask = pad_rows(rows, self.pad_id)

@@ -90,6 +90,7 @@ class SidService:
             max_batch=settings.batch_max_queries,
             max_wait_s=settings.batch_max_wait_ms / 1000,
             queue_limit=settings.queue_limit,
+            workers=settings.workers,
         )
         self._trie_lock = asyncio.Lock()
         self.metrics.model.info(
@@ -167,7 +168,9 @@ class SidService:
     @staticmethod
     def _sids(paths: np.ndarray, logp: np.ndarray, top_k: int) -> list[p.Sid]:
         return [
-            p.Sid(sid=format_sid(row), codes=[int(c) for c in row], log_prob=float(lp), rank=r)
+            p.Sid.model_construct(
+                sid=format_sid(row), codes=[int(c) for c in row], log_prob=float(lp), rank=r
+            )
             for r, (row, lp) in enumerate(zip(paths[:top_k], logp[:top_k], strict=True))
         ]
 
@@ -197,32 +200,38 @@ class SidService:
         results = []
         for text, (paths, logp), (ids, sids) in zip(texts, tops, found, strict=True):
             results.append(
-                p.QueryResult(
+                p.QueryResult.model_construct(
                     query=text,
                     sids=self._sids(paths, logp, req.top_k),
                     candidates=self._candidates(paths, logp, ids, sids),
                 )
             )
         self.metrics.stage_seconds.labels("scoring").observe(time.perf_counter() - t0)
-        return p.QuerySidsResponse(model_version=self.model_version, results=results)
+        return p.QuerySidsResponse.model_construct(
+            model_version=self.model_version, results=results
+        )
 
     def _candidates(
         self, paths: np.ndarray, logp: np.ndarray, ids: list[str], sids: np.ndarray
     ) -> list[p.Candidate]:
         if not ids:
             return []
+        # Built without re-validation (the values come from our own arrays); this loop runs
+        # for up to `candidates` items per query on the event loop.
         f = prefix_features(paths, logp, sids)
+        depth, best, score = f.depth.tolist(), f.max_depth.tolist(), f.score.tolist()
+        rank, lp = f.best_rank.tolist(), f.best_log_prob.tolist()
         return [
-            p.Candidate(
+            p.Candidate.model_construct(
                 item_id=item_id,
-                sid=format_sid(sids[n]),
-                matched_depth=f.depth[n].tolist(),
-                max_depth=int(f.max_depth[n]),
-                prefix_score=float(f.score[n]),
-                best_rank=int(f.best_rank[n]) if f.best_rank[n] >= 0 else None,
-                best_log_prob=float(f.best_log_prob[n]) if f.best_rank[n] >= 0 else None,
+                sid="-".join(map(str, row)),
+                matched_depth=depth[n],
+                max_depth=best[n],
+                prefix_score=score[n],
+                best_rank=rank[n] if rank[n] >= 0 else None,
+                best_log_prob=lp[n] if rank[n] >= 0 else None,
             )
-            for n, item_id in enumerate(ids)
+            for n, (item_id, row) in enumerate(zip(ids, sids.tolist(), strict=True))
         ]
 
     async def relevance(self, req: p.RelevanceRequest) -> p.RelevanceResponse:

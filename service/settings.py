@@ -30,12 +30,15 @@ class Settings(BaseSettings):
     max_beam_width: int = Field(64, ge=1)
     max_candidates: int = Field(1000, ge=0)
     # micro-batching of queries (embedded and Triton backends alike)
-    batch_max_queries: int = Field(32, ge=1, description="queries per decoder batch")
+    batch_max_queries: int = Field(8, ge=1, description="queries per decoder batch")
     batch_max_wait_ms: float = Field(
         0.0, ge=0, description="how long a lone query waits for company"
     )
     queue_limit: int = Field(1024, ge=1, description="queued queries before 503")
-    onnx_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0 = auto)")
+    workers: int = Field(2, ge=1, description="batches run side by side (worker threads)")
+    onnx_threads: int = Field(
+        1, ge=0, description="ONNX Runtime intra-op threads per call (0 = one per core)"
+    )
     # timeouts: an unavailable dependency gives 503 + Retry-After, never a hang
     inference_timeout_s: float = Field(5.0, gt=0)
     store_timeout_s: float = Field(1.0, gt=0)
