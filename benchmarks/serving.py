@@ -63,10 +63,12 @@ def loadgen(url: str, lines: Path, out: Path, *extra: str) -> dict:
 class Gateway:
     """`sidserve serve` in its own process; stopped on exit."""
 
-    def __init__(self, bundle: Path, redis_url: str, threads: int):
+    def __init__(self, bundle: Path, redis_url: str, threads: int | None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "SIDSERVE_REDIS_URL": redis_url, "SIDSERVE_ONNX_THREADS": str(threads)}
+        env = {**os.environ, "SIDSERVE_REDIS_URL": redis_url}
+        if threads is not None:  # else the gateway's default (docs/gateway.md)
+            env["SIDSERVE_ONNX_THREADS"] = str(threads)
         cmd = [sys.executable, "-m", "sidserve.cli", "serve", "--bundle", str(bundle)]
         self.log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)  # noqa: SIM115
         self.proc = subprocess.Popen(
@@ -144,11 +146,9 @@ def hf_comparison(args, bundle_dir: Path, queries: list[str]) -> list[list[objec
     from service.tokenizer import BundleTokenizer
     from service.trie import CompactTrie
 
-    torch.set_num_threads(os.cpu_count() or 1)
     bundle = load_bundle(bundle_dir)
     paths = bundle.item_sids[:, : bundle.levels].astype(np.int64)
     trie = CompactTrie.from_codes(paths, bundle.codebook_sizes)
-    onnx = OnnxIndexer(bundle.encoder_path, bundle.decoder_path)
     tok = BundleTokenizer(bundle.file(bundle.tokenizer.file), bundle.tokenizer)
     model, hf_tok = hf.load_for_generation(args.checkpoint)
     allowed = hf.AllowedTokens.from_paths(
@@ -156,6 +156,11 @@ def hf_comparison(args, bundle_dir: Path, queries: list[str]) -> list[list[objec
     )
     rows = []
     for batch, n_batches in ((1, args.hf_queries_b1), (32, args.hf_batches_b32)):
+        # both sides get the same threads: 1 at batch 1 (the gateway's per-worker setting),
+        # every core at batch 32
+        threads = 1 if batch == 1 else (os.cpu_count() or 1)
+        torch.set_num_threads(threads)
+        onnx = OnnxIndexer(bundle.encoder_path, bundle.decoder_path, threads)
         timing = {"ours_search": 0.0, "ours_total": 0.0, "hf_search": 0.0, "hf_total": 0.0}
         same = total = 0
         for i in range(n_batches):
@@ -217,7 +222,9 @@ def main() -> int:
     p.add_argument("--checkpoint", type=Path, default=ROOT / "runs" / "indexer")
     p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     p.add_argument("--duration", type=float, default=30.0, help="seconds per load run")
-    p.add_argument("--threads", type=int, default=0, help="SIDSERVE_ONNX_THREADS of the gateway")
+    p.add_argument(
+        "--threads", type=int, help="SIDSERVE_ONNX_THREADS of the gateway (default: its own)"
+    )
     p.add_argument("--hf-queries-b1", type=int, default=100)
     p.add_argument("--hf-batches-b32", type=int, default=4)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "serving.md")
@@ -256,6 +263,7 @@ def main() -> int:
         ]
     )
     hf_ratios = [float(r[5].rstrip("×")) for r in hf_rows]
+    threads_note = "default settings" if args.threads is None else f"{args.threads} threads"
     lines = [
         "# Serving benchmark",
         "",
@@ -264,7 +272,7 @@ def main() -> int:
         f"- command: `python benchmarks/serving.py {' '.join(sys.argv[1:])}`",
         f"- bundle: `{args.bundle}` (model {bundle.model_version}, {len(bundle.item_ids):,} items, "
         f"encoder {bundle.manifest['graphs']['encoder']}), embedded ONNX Runtime "
-        f"(threads {args.threads or 'auto'}), Redis store (real `redis-server`, loaded with "
+        f"({threads_note}), Redis store (real `redis-server`, loaded with "
         "`sidserve load-items`)",
         f"- requests: `POST /v1/query/sids` with {json.dumps(SEARCH)}, cycling through the "
         f"{len(queries):,} distinct dev-split queries; {args.duration:.0f} s per run after a "
@@ -350,7 +358,8 @@ def main() -> int:
         "wrapped as a `transformers` generation model, `generate(num_beams=10, "
         "num_return_sequences=10, prefix_allowed_tokens_fn=…, length_penalty=0)` "
         "(benchmarks/hf_generate.py; no KV cache there). *Search* times take the encoder "
-        "states as given; *total* adds each side's encoder. Mean ms per batch.",
+        "states as given; *total* adds each side's encoder. Mean ms per batch. Both sides "
+        "run with the same number of threads: 1 at batch 1, 2 at batch 32.",
         "",
         *md_table(
             [

@@ -46,7 +46,8 @@ class CachedSteps:
         self.decode_step, self.memory, self.mask = decode_step, memory, mask
         self.entries, self.radix = entries, radix
         self._keys: np.ndarray | None = None  # previous level's row keys, sorted
-        self._present: np.ndarray | None = None  # (R_prev, entries, P, D) in that order
+        self._where: tuple[np.ndarray, np.ndarray] | None = None  # their (text, slot) in...
+        self._present: np.ndarray | None = None  # ...the previous call's `present` grid
 
     def __call__(self, level: int, rows: np.ndarray, prefix: np.ndarray) -> np.ndarray:
         queries, inverse, counts = np.unique(rows, return_inverse=True, return_counts=True)
@@ -58,20 +59,22 @@ class CachedSteps:
         grid = np.zeros((len(queries), width, prefix.shape[1]), dtype=np.int64)
         grid[inverse, slot] = prefix
         hidden = self.memory.shape[-1]
-        past = empty_past(len(queries), width, self.entries, hidden)
-        if level > 0:
-            assert self._keys is not None and self._present is not None
+        if level == 0:
+            past = empty_past(len(queries), width, self.entries, hidden)
+        else:
+            assert self._keys is not None and self._where is not None
+            assert self._present is not None
             parent = np.searchsorted(self._keys, _keys(rows, prefix, level - 1, self.radix))
-            past = np.zeros((len(queries), width, *self._present.shape[1:]), dtype=np.float32)
-            past[inverse, slot] = self._present[parent]
+            past = np.zeros((len(queries), width, *self._present.shape[2:]), dtype=np.float32)
+            # one copy: each row's cache straight from its parent's place in the last grid
+            past[inverse, slot] = self._present[self._where[0][parent], self._where[1][parent]]
         levels = np.full(len(queries), level, dtype=np.int64)
         logits, present = self.decode_step(
             self.memory[queries], self.mask[queries], grid, levels, past
         )
         keys = _keys(rows, prefix, level, self.radix)
         sort = np.argsort(keys)
-        self._keys = keys[sort]
-        self._present = present[inverse, slot][sort]
+        self._keys, self._where, self._present = keys[sort], (inverse[sort], slot[sort]), present
         return logits[inverse, slot]
 
 

@@ -275,16 +275,8 @@ class SidService:
     async def encode_items(self, req: p.EncodeRequest) -> p.EncodeResponse:
         texts = [it.text for it in req.items]
         self._check_texts("items", texts, self.settings.max_items)
-        t0 = time.perf_counter()
-        ids, mask = self.tokenizer.items(texts)
-        self.metrics.stage_seconds.labels("tokenise").observe(time.perf_counter() - t0)
-
-        def compute() -> np.ndarray:
-            with self.metrics.stage("encode"):
-                return greedy_codes(self.backend, ids, mask, self.levels)
-
         codes = await self._bounded(
-            self.batcher.run(compute), self.settings.inference_timeout_s, "inference"
+            self._item_codes(texts), self.settings.inference_timeout_s, "inference"
         )
         pairs = [(it.item_id, codes[n]) for n, it in enumerate(req.items)]
         t0 = time.perf_counter()
@@ -306,6 +298,26 @@ class SidService:
                 for n, it in enumerate(req.items)
             ],
         )
+
+    async def _item_codes(self, texts: list[str]) -> np.ndarray:
+        """Greedy semantic codes of item texts. The batch is split across the batch workers
+        (by token length, so each part pads little) and the parts run side by side."""
+        t0 = time.perf_counter()
+        lengths = [self.tokenizer.count(t) for t in texts]
+        order = np.argsort(lengths, kind="stable")
+        parts = [part for part in np.array_split(order, self.batcher.workers) if len(part)]
+        tokens = [self.tokenizer.items([texts[i] for i in part]) for part in parts]
+        self.metrics.stage_seconds.labels("tokenise").observe(time.perf_counter() - t0)
+
+        def compute(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+            with self.metrics.stage("encode"):
+                return greedy_codes(self.backend, ids, mask, self.levels)
+
+        done = await asyncio.gather(*(self.batcher.run(compute, i, m) for i, m in tokens))
+        codes = np.zeros((len(texts), self.levels), dtype=np.int64)
+        for part, part_codes in zip(parts, done, strict=True):
+            codes[part] = part_codes
+        return codes
 
     async def _extend_trie(self, codes: np.ndarray) -> None:
         """New semantic paths from upserts join this gateway's trie, so queries can reach them
