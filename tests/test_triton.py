@@ -465,12 +465,14 @@ def test_concurrent_encoder_requests_of_different_lengths_are_batched(
 def test_concurrent_decoder_requests_are_batched_and_a_bad_one_fails_alone(
     triton_server: TritonServer, reference: Reference
 ) -> None:
-    """16 gRPC async requests with different numbers of texts, lengths and beams, one with a
+    """16 gRPC async requests with different numbers of texts and lengths, one with a
     code far outside the codebook: the others are batched and exact, the bad one fails alone."""
     n = 16
     bad = 5
     rng = np.random.default_rng(3)
-    requests = [reference.decoder_inputs(rng, 1 + i % 3, 2 + i % 5, 1 + i % 4) for i in range(n)]
+    # Same beam count and level (as the gateway sends): `past` is not ragged, so Triton only
+    # batches requests whose caches have one shape; texts and lengths still differ.
+    requests = [reference.decoder_inputs(rng, 1 + i % 3, 2 + i % 5, 3) for i in range(n)]
     requests[bad]["prefix"][0, 0, 0] = 10**6
     results: dict[int, Any] = {}
     done = threading.Event()
