@@ -36,7 +36,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(args.settings, **overrides)
     except ValidationError as exc:
-        raise ValueError(f"bad settings: {exc}") from exc
+        problems = "; ".join(
+            f"SIDSERVE_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors()
+        )
+        raise ValueError(f"bad settings: {problems} (see docs/gateway.md#settings)") from exc
     app = create_app(settings)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", access_log=False)
     return 0

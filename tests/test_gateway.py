@@ -288,3 +288,17 @@ def test_triton_backend_gives_the_same_answers_as_embedded(bundle_dir, triton_se
         )
         assert [c["item_id"] for c in g["candidates"]] == [c["item_id"] for c in w["candidates"]]
     assert got_e == want_e
+
+
+def test_serve_reports_bad_settings_in_one_line(monkeypatch, capsys, tmp_path):
+    from sidserve.cli import main
+
+    monkeypatch.delenv("SIDSERVE_BUNDLE", raising=False)
+    assert main(["serve"]) == 2
+    assert "SIDSERVE_BUNDLE: Field required" in capsys.readouterr().err
+    monkeypatch.setenv("SIDSERVE_PORT", "abc")
+    assert main(["serve", "--bundle", str(tmp_path)]) == 2
+    assert "SIDSERVE_PORT" in capsys.readouterr().err
+    monkeypatch.delenv("SIDSERVE_PORT")
+    assert main(["serve", "--bundle", str(tmp_path / "none")]) == 2
+    assert "bundle directory does not exist" in capsys.readouterr().err
