@@ -12,10 +12,10 @@ SIDSERVE := HF_HUB_OFFLINE=1 $(VENV)/bin/sidserve
 # Train a small indexer on the bundled demo catalog (demo/, our own synthetic data), export
 # it, start the gateway on its embedded defaults and print the answer to a sample query.
 demo: $(STAMP)
-	$(SIDSERVE) train --catalog demo/catalog.csv --judgments demo/judgments.csv \
+	$(SIDSERVE) train --catalog demo/catalog.csv --judgments demo/relevance.csv \
 		--config demo/indexer.json --out $(DEMO)/indexer
 	$(SIDSERVE) export --checkpoint $(DEMO)/indexer --catalog demo/catalog.csv \
-		--judgments demo/judgments.csv --out $(DEMO)/bundle --force
+		--judgments demo/relevance.csv --out $(DEMO)/bundle --force
 	HF_HUB_OFFLINE=1 $(PY) demo/serve_and_query.py --bundle $(DEMO)/bundle
 
 $(PY):

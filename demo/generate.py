@@ -3,7 +3,7 @@
 Deterministic and standard library only: the same seed writes byte-identical files on every
 machine and every Python 3.11+. Run from anywhere:
 
-    python demo/generate.py            # (re)write demo/catalog.csv and demo/judgments.csv
+    python demo/generate.py            # (re)write demo/catalog.csv and demo/relevance.csv
     python demo/generate.py --check    # exit 1 if the files on disk differ from what it would write
 
 Every product is built from a product type (a title template and attribute slots), and every
@@ -1524,7 +1524,7 @@ def generate(seed: int = SEED) -> tuple[list[Product], list[Query], dict[str, by
         JUDGMENTS_HEADER,
         [(q.text, p.uid, relevance(s)) for q in queries for p, s, _ in q.judged],
     )
-    return products, queries, {"catalog.csv": catalog, "judgments.csv": judgments}
+    return products, queries, {"catalog.csv": catalog, "relevance.csv": judgments}
 
 
 def _uid(p: Product) -> int:
