@@ -20,21 +20,24 @@ def _non_blank(value: str) -> str:
     return value
 
 
-class SearchOptions(Strict):
+class BeamOptions(Strict):
     beam_width: int = Field(10, ge=1, description="beams kept per level of the search")
     top_k: int = Field(10, ge=1, description="SIDs returned per query (<= beam_width)")
+
+    @model_validator(mode="after")
+    def _top_k_within_beam(self) -> BeamOptions:
+        if self.top_k > self.beam_width:
+            raise ValueError(f"top_k ({self.top_k}) must be <= beam_width ({self.beam_width})")
+        return self
+
+
+class SearchOptions(BeamOptions):
     candidates: int = Field(
         100, ge=0, description="most items returned per query; 0 returns SIDs only"
     )
     min_depth: int = Field(
         1, ge=0, description="shallowest prefix match (levels) a candidate may have"
     )
-
-    @model_validator(mode="after")
-    def _top_k_within_beam(self) -> SearchOptions:
-        if self.top_k > self.beam_width:
-            raise ValueError(f"top_k ({self.top_k}) must be <= beam_width ({self.beam_width})")
-        return self
 
 
 class QuerySidsRequest(SearchOptions):
@@ -142,22 +145,14 @@ class EncodeResponse(BaseModel):
     items: list[EncodedItem]
 
 
-class RelevanceRequest(Strict):
+class RelevanceRequest(BeamOptions):
     query: str
     item_ids: list[str] = Field(min_length=1)
-    beam_width: int = Field(10, ge=1)
-    top_k: int = Field(10, ge=1)
 
     @field_validator("query")
     @classmethod
     def _query(cls, v: str) -> str:
         return _non_blank(v)
-
-    @model_validator(mode="after")
-    def _top_k_within_beam(self) -> RelevanceRequest:
-        if self.top_k > self.beam_width:
-            raise ValueError(f"top_k ({self.top_k}) must be <= beam_width ({self.beam_width})")
-        return self
 
 
 class RelevanceItem(BaseModel):

@@ -302,3 +302,18 @@ def test_serve_reports_bad_settings_in_one_line(monkeypatch, capsys, tmp_path):
     monkeypatch.delenv("SIDSERVE_PORT")
     assert main(["serve", "--bundle", str(tmp_path / "none")]) == 2
     assert "bundle directory does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"query": "drill", "item_ids": []}, "item_ids"),
+        ({"query": " ", "item_ids": ["a"]}, "query"),
+        ({"query": "drill", "item_ids": ["a"], "beam_width": 2, "top_k": 3}, "top_k"),
+        ({"query": "drill", "item_ids": ["a"], "beam_width": 99}, "beam_width"),
+    ],
+)
+def test_bad_relevance_input_is_422(client, body, field):
+    r = client.post("/v1/relevance", json=body)
+    assert r.status_code == 422, r.text
+    assert field in r.json()["message"]
