@@ -13,7 +13,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,15 +27,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.report import machine, md_table, write_report  # noqa: E402
+from service.launcher import running_gateway  # noqa: E402
 
 SEARCH = {"beam_width": 10, "top_k": 10, "candidates": 100}
 TARGETS = {"c1_p50": 10.0, "c1_p99": 20.0, "c32_qps": 150.0, "c32_p99": 150.0, "hf_ratio": 10.0}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def stage_sums(url: str) -> dict[str, tuple[float, float]]:
@@ -60,40 +54,6 @@ def loadgen(url: str, lines: Path, out: Path, *extra: str) -> dict:
     return json.loads(out.read_text())
 
 
-class Gateway:
-    """`sidserve serve` in its own process; stopped on exit."""
-
-    def __init__(self, bundle: Path, redis_url: str, threads: int | None):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "SIDSERVE_REDIS_URL": redis_url}
-        if threads is not None:  # else the gateway's default (docs/gateway.md)
-            env["SIDSERVE_ONNX_THREADS"] = str(threads)
-        cmd = [sys.executable, "-m", "sidserve.cli", "serve", "--bundle", str(bundle)]
-        self.log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [*cmd, "--port", str(self.port)], env=env, stdout=self.log, stderr=self.log, cwd=ROOT
-        )
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"gateway exited: {Path(self.log.name).read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise SystemExit("gateway not ready after 120 s")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-
-
 def http_runs(args, bundle: Path, queries: Path, titles: Path, work: Path) -> dict:
     from tests.redis_server import running_redis
 
@@ -109,8 +69,10 @@ def http_runs(args, bundle: Path, queries: Path, titles: Path, work: Path) -> di
             check=True,
             cwd=ROOT,
         )
-        gw = Gateway(bundle, redis_url, args.threads)
-        try:
+        env = {"SIDSERVE_REDIS_URL": redis_url}
+        if args.threads is not None:  # else the gateway's default (docs/gateway.md)
+            env["SIDSERVE_ONNX_THREADS"] = str(args.threads)
+        with running_gateway(bundle, env) as gw:
             before = stage_sums(gw.url)
             results["c1"] = loadgen(
                 gw.url, queries, work / "c1.json", "--concurrency", "1",
@@ -129,8 +91,6 @@ def http_runs(args, bundle: Path, queries: Path, titles: Path, work: Path) -> di
                 gw.url, titles, work / "encode.json", "--endpoint", "encode", "--batch", "64",
                 "--concurrency", "1", "--duration", str(args.duration), "--warmup", "3",
             )  # fmt: skip
-        finally:
-            gw.stop()
     return results
 
 

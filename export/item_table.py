@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from service.onnx_model import OnnxIndexer, greedy_codes
-from service.tokenizer import BundleTokenizer
+from service.tokenizer import BundleTokenizer, length_batches
 
 
 def assign_semantic_codes(
@@ -23,15 +23,11 @@ def assign_semantic_codes(
     result is in input order."""
     from tqdm.auto import tqdm
 
-    lengths = np.array([tokenizer.count(t) for t in texts])
-    order = np.argsort(lengths, kind="stable")
+    ids, mask = tokenizer.items(list(texts))  # one pass; batches are slices of it
     out = np.zeros((len(texts), levels), dtype=np.int64)
-    with tqdm(
-        total=len(texts), desc="item SIDs (ONNX Runtime)", unit="item", disable=not progress
-    ) as bar:
-        for start in range(0, len(texts), batch_size):
-            idx = order[start : start + batch_size]
-            ids, mask = tokenizer.items([texts[i] for i in idx])
-            out[idx] = greedy_codes(model, ids, mask, levels)
+    bar = tqdm(total=len(texts), desc="item SIDs (ONNX Runtime)", unit="item", disable=not progress)
+    with bar:
+        for idx, batch_ids, batch_mask in length_batches(ids, mask, batch_size):
+            out[idx] = greedy_codes(model, batch_ids, batch_mask, levels)
             bar.update(len(idx))
     return out

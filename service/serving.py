@@ -20,7 +20,7 @@ from service.metrics import Metrics
 from service.onnx_model import greedy_codes
 from service.settings import Settings
 from service.stores.base import SidStore, StoreUnavailable
-from service.tokenizer import BundleTokenizer
+from service.tokenizer import BundleTokenizer, length_batches
 from service.trie import CompactTrie
 from sidserve.sids import format_sid
 
@@ -303,20 +303,19 @@ class SidService:
         """Greedy semantic codes of item texts. The batch is split across the batch workers
         (by token length, so each part pads little) and the parts run side by side."""
         t0 = time.perf_counter()
-        lengths = [self.tokenizer.count(t) for t in texts]
-        order = np.argsort(lengths, kind="stable")
-        parts = [part for part in np.array_split(order, self.batcher.workers) if len(part)]
-        tokens = [self.tokenizer.items([texts[i] for i in part]) for part in parts]
+        ids, mask = self.tokenizer.items(texts)
+        size = -(-len(texts) // self.batcher.workers)
+        parts = list(length_batches(ids, mask, size))
         self.metrics.stage_seconds.labels("tokenise").observe(time.perf_counter() - t0)
 
         def compute(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
             with self.metrics.stage("encode"):
                 return greedy_codes(self.backend, ids, mask, self.levels)
 
-        done = await asyncio.gather(*(self.batcher.run(compute, i, m) for i, m in tokens))
+        done = await asyncio.gather(*(self.batcher.run(compute, i, m) for _, i, m in parts))
         codes = np.zeros((len(texts), self.levels), dtype=np.int64)
-        for part, part_codes in zip(parts, done, strict=True):
-            codes[part] = part_codes
+        for (idx, _, _), part_codes in zip(parts, done, strict=True):
+            codes[idx] = part_codes
         return codes
 
     async def _extend_trie(self, codes: np.ndarray) -> None:

@@ -6,7 +6,7 @@ padding=True)`: [CLS] … [SEP], cut to n tokens including the special ones, rig
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -42,9 +42,18 @@ class BundleTokenizer:
     def items(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         return self.encode(texts, self.spec.max_item_tokens)
 
-    def count(self, text: str) -> int:
-        """Tokens of a text before truncation (incl. [CLS] and [SEP])."""
-        return len(self._tok.encode(text).ids)
+
+def length_batches(
+    ids: np.ndarray, mask: np.ndarray, size: int
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Tokenised rows sorted by length and cut into chunks of `size`, each trimmed to its
+    longest row (little padding): (row indices, ids, mask) per chunk."""
+    lengths = mask.sum(axis=1)
+    order = np.argsort(lengths, kind="stable")
+    for start in range(0, len(order), max(1, size)):
+        idx = order[start : start + size]
+        width = int(lengths[idx].max())
+        yield idx, ids[idx, :width], mask[idx, :width]
 
 
 def _truncate(ids: list[int], max_length: int, sep_id: int) -> list[int]:

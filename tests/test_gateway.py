@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.bundle import load_bundle
+from service.launcher import free_port
 from service.onnx_model import OnnxIndexer
 from service.query_beams import search_beams
 from service.serving import SidService
@@ -22,7 +23,6 @@ from service.tokenizer import BundleTokenizer
 from service.trie import CompactTrie
 from sidserve.prefix import matched_depth, prefix_score
 from sidserve.sids import format_sid
-from tests.redis_server import free_port
 
 QUERIES = ["cordless drill", "kitchen faucet", "led light bulb", "paint roller cover"]
 

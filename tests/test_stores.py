@@ -18,12 +18,12 @@ import pytest
 import redis
 
 from export.bundle import finish_bundle, write_item_table
+from service.launcher import free_port
 from service.load_items import load_table
 from service.stores.base import SidStore, StoreUnavailable
 from service.stores.memory import MemoryStore
 from service.stores.redis_store import ACTIVE_KEY, Keys, RedisStore
 from sidserve.cli import main as sidserve_main
-from tests.redis_server import free_port
 
 ODD_IDS = ["a|b", "ü-1", "x y", "-", "p:1", "*"]  # ids the key/entry encodings must survive
 

@@ -35,7 +35,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -51,6 +50,7 @@ import numpy as np
 import pytest
 
 from export.triton_repo import materialise
+from service.launcher import free_ports
 
 PYTRITON_VERSION = "0.7.0"
 # The newest numpy 1.x: what the stub's pybind11 can read (see the module docstring).
@@ -226,15 +226,6 @@ def _log_report(path: Path) -> str:
         + "\n\nend of the log:\n"
         + _tail(path, 3000)
     )
-
-
-def free_ports(n: int) -> list[int]:
-    """n distinct free loopback ports (held open together so they differ)."""
-    with contextlib.ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
 
 
 def server_env(install: TritonInstall, stub_bin: Path) -> dict[str, str]:
