@@ -7,7 +7,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -166,16 +166,20 @@ class SidService:
         )
 
     @staticmethod
-    def _sids(paths: np.ndarray, logp: np.ndarray, top_k: int) -> list[p.Sid]:
+    def _sids(paths: np.ndarray, logp: np.ndarray, top_k: int) -> list[dict[str, Any]]:
+        """`protocol.Sid` rows as plain dicts (see `query_sids`)."""
         return [
-            p.Sid.model_construct(
-                sid=format_sid(row), codes=[int(c) for c in row], log_prob=float(lp), rank=r
+            {"sid": format_sid(row), "codes": row, "log_prob": lp, "rank": r}
+            for r, (row, lp) in enumerate(
+                zip(paths[:top_k].tolist(), logp[:top_k].tolist(), strict=True)
             )
-            for r, (row, lp) in enumerate(zip(paths[:top_k], logp[:top_k], strict=True))
         ]
 
     # ---- endpoints
-    async def query_sids(self, req: p.QuerySidsRequest) -> p.QuerySidsResponse:
+    async def query_sids(self, req: p.QuerySidsRequest) -> dict[str, Any]:
+        """The `protocol.QuerySidsResponse` as plain dicts and lists, serialised as they are:
+        for 100 candidates, building pydantic objects cost more than the beam search's
+        bookkeeping (tests validate real responses against the model)."""
         texts = req.texts()
         self._check_texts(
             "queries" if req.queries is not None else "query", texts, self.settings.max_queries
@@ -197,40 +201,37 @@ class SidService:
             )
             self.metrics.stage_seconds.labels("store").observe(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        results = []
-        for text, (paths, logp), (ids, sids) in zip(texts, tops, found, strict=True):
-            results.append(
-                p.QueryResult.model_construct(
-                    query=text,
-                    sids=self._sids(paths, logp, req.top_k),
-                    candidates=self._candidates(paths, logp, ids, sids),
-                )
-            )
+        results = [
+            {
+                "query": text,
+                "sids": self._sids(paths, logp, req.top_k),
+                "candidates": self._candidates(paths, logp, ids, sids),
+            }
+            for text, (paths, logp), (ids, sids) in zip(texts, tops, found, strict=True)
+        ]
         self.metrics.stage_seconds.labels("scoring").observe(time.perf_counter() - t0)
-        return p.QuerySidsResponse.model_construct(
-            model_version=self.model_version, results=results
-        )
+        return {"model_version": self.model_version, "results": results}
 
+    @staticmethod
     def _candidates(
-        self, paths: np.ndarray, logp: np.ndarray, ids: list[str], sids: np.ndarray
-    ) -> list[p.Candidate]:
+        paths: np.ndarray, logp: np.ndarray, ids: list[str], sids: np.ndarray
+    ) -> list[dict[str, Any]]:
+        """`protocol.Candidate` rows as plain dicts."""
         if not ids:
             return []
-        # Built without re-validation (the values come from our own arrays); this loop runs
-        # for up to `candidates` items per query on the event loop.
         f = prefix_features(paths, logp, sids)
         depth, best, score = f.depth.tolist(), f.max_depth.tolist(), f.score.tolist()
         rank, lp = f.best_rank.tolist(), f.best_log_prob.tolist()
         return [
-            p.Candidate.model_construct(
-                item_id=item_id,
-                sid="-".join(map(str, row)),
-                matched_depth=depth[n],
-                max_depth=best[n],
-                prefix_score=score[n],
-                best_rank=rank[n] if rank[n] >= 0 else None,
-                best_log_prob=lp[n] if rank[n] >= 0 else None,
-            )
+            {
+                "item_id": item_id,
+                "sid": "-".join(map(str, row)),
+                "matched_depth": depth[n],
+                "max_depth": best[n],
+                "prefix_score": score[n],
+                "best_rank": rank[n] if rank[n] >= 0 else None,
+                "best_log_prob": lp[n] if rank[n] >= 0 else None,
+            }
             for n, (item_id, row) in enumerate(zip(ids, sids.tolist(), strict=True))
         ]
 
@@ -267,7 +268,7 @@ class SidService:
         return p.RelevanceResponse(
             model_version=self.model_version,
             query=req.query,
-            sids=self._sids(paths, logp, req.top_k),
+            sids=[p.Sid(**row) for row in self._sids(paths, logp, req.top_k)],
             items=items,
             unknown=[it.item_id for it in items if not it.found],
         )

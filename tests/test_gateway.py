@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from service import protocol as p
 from service.app import create_app
 from service.bundle import load_bundle
 from service.launcher import free_port
@@ -51,6 +52,8 @@ def test_query_sids_matches_offline_search_and_ranks_candidates(client, bundle_d
     r = client.post("/v1/query/sids", json={"query": QUERIES[0], "beam_width": 5, "top_k": 3})
     assert r.status_code == 200, r.text
     body = r.json()
+    # the hand-built body is exactly the documented response model
+    assert p.QuerySidsResponse.model_validate(body).model_dump(mode="json") == body
     bundle = load_bundle(bundle_dir)
     assert body["model_version"] == bundle.model_version
     (res,) = body["results"]
