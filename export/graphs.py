@@ -70,7 +70,8 @@ class DecoderStepGraph(nn.Module):
         code = prefix.gather(2, last[:, None, None].expand(b, w, 1)).squeeze(2)  # (B, W)
         emb = m.code_proj(m.codebooks[last[:, None].expand(b, w), code])  # (B, W, D)
         first = (level == 0)[:, None, None]
-        x = torch.where(first, m.bos.expand(b, w, d), emb) + m.step_emb.weight[level][:, None]
+        start = m.start_input(memory, attention_mask)[:, None].expand(b, w, d)
+        x = torch.where(first, start, emb) + m.step_emb.weight[level][:, None]
         cross_bias = (attention_mask == 0)[:, None, None, :].float() * torch.finfo(x.dtype).min
         present = []
         for i, layer in enumerate(m.decoder.layers):

@@ -20,10 +20,19 @@ class IndexerConfig:
     max_query_tokens: int = 32
     max_item_tokens: int = 48
     code_temperature: float = 0.1  # softmax temperature of code logits (cosine to codebook)
+    # the decoder's first input: "pooled" = masked mean of the encoder states (MiniLM's own
+    # sentence embedding, so step 1 starts from a good dense representation) or "learned" = one
+    # learned vector (checkpoints written before this option existed)
+    bos_input: str = "pooled"
     # --- losses (GSID 2.2)
     temperature: float = 0.05  # InfoNCE
     kl_weight: float = 1.0
     commit_weight: float = 1.0
+    # Sinkhorn-balanced code targets at the level being trained (0 turns them off): items of
+    # a batch are pushed to spread over the codebook instead of sharing a few codes
+    balance_weight: float = 1.0
+    balance_epsilon: float = 0.05  # Sinkhorn temperature on cosine similarities
+    balance_iters: int = 3
     # --- data and sampling
     positive_threshold: float = 2.5  # a judged pair at or above this grade is a positive
     queries_per_item: int = 2  # multi-query sampling
@@ -50,6 +59,10 @@ class IndexerConfig:
             )
         if not 0 <= self.trainable_layers <= 6:
             raise ValueError("trainable_layers must be within 0..6 (MiniLM has 6)")
+        if self.balance_weight < 0 or self.balance_epsilon <= 0 or self.balance_iters < 1:
+            raise ValueError("balance_weight must be >= 0, balance_epsilon > 0, balance_iters >= 1")
+        if self.bos_input not in ("pooled", "learned"):
+            raise ValueError("bos_input must be 'pooled' or 'learned'")
         if self.codebook_init not in ("kmeans", "random"):
             raise ValueError("codebook_init must be 'kmeans' or 'random'")
 

@@ -1,4 +1,5 @@
-"""The losses of GSID 2.2: query-item alignment (InfoNCE + code KL) and code commitment."""
+"""The losses of GSID 2.2: query-item alignment (InfoNCE + code KL) and code commitment, plus
+Sinkhorn-balanced code targets (GenRet / SwAV) against collapse."""
 
 from __future__ import annotations
 
@@ -31,3 +32,26 @@ def code_kl(logits_q: torch.Tensor, logits_d: torch.Tensor) -> torch.Tensor:
 def commitment(logits: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
     """Cross-entropy keeping an already fixed level on its assigned code."""
     return F.cross_entropy(logits, codes)
+
+
+@torch.no_grad()
+def sinkhorn_targets(cosines: torch.Tensor, epsilon: float, iters: int) -> torch.Tensor:
+    """(B, K) cosine similarities -> (B, K) soft code targets whose column sums are equal: each
+    row sums to 1 and every code gets the same share of the batch (Sinkhorn-Knopp, as SwAV).
+
+    Rows that would pick the same code are spread over their next-best codes, so items of a
+    batch (with prefix-grouped batches: siblings) do not all land on one code.
+    """
+    q = (cosines / epsilon).double()
+    q = (q - q.max()).exp().T  # (K, B)
+    q /= q.sum()
+    k, b = q.shape
+    for _ in range(iters):
+        q /= q.sum(dim=1, keepdim=True).clamp_min(1e-300) * k
+        q /= q.sum(dim=0, keepdim=True) * b
+    return (q / q.sum(dim=0, keepdim=True)).T.to(cosines.dtype)
+
+
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy against soft targets, mean over rows."""
+    return -(targets * F.log_softmax(logits, -1)).sum(-1).mean()

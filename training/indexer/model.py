@@ -100,7 +100,7 @@ class SemanticIndexer(nn.Module):
         prefix: (B, t) codes of levels 1..t (t may be 0).
         """
         b, t = prefix.shape
-        inputs = [self.bos.expand(b, 1, -1)]
+        inputs = [self.start_input(memory, mask)[:, None]]
         if t:
             levels = torch.arange(t, device=prefix.device)
             chosen = self.codebooks[levels[None, :], prefix]  # (B, t, D)
@@ -109,6 +109,17 @@ class SemanticIndexer(nn.Module):
         causal = torch.triu(torch.ones(t + 1, t + 1, dtype=torch.bool, device=x.device), 1)
         out = self.decoder(x, memory, tgt_mask=causal, memory_key_padding_mask=~mask.bool())
         return F.normalize(self.out_norm(out), dim=-1)
+
+    def start_input(self, memory: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, D) input of the first decoder position (see IndexerConfig.bos_input)."""
+        if self.cfg.bos_input == "learned":
+            return self.bos.expand(len(memory), -1)
+        # a (1 x S) @ (S x D) product per text rather than a reduction: ONNX Runtime's
+        # ReduceSum sums in a different order for a padded batch, this matmul does not, so a
+        # query gets bit-identical results alone and micro-batched with longer ones
+        weight = mask.to(memory.dtype)[:, None, :]
+        weight = weight / weight.sum(-1, keepdim=True).clamp_min(1.0)
+        return (weight @ memory)[:, 0]
 
     def code_logits(self, reps: torch.Tensor, level: int) -> torch.Tensor:
         """(..., D) unit representations -> (..., K) logits for `level` (0-based)."""
@@ -124,11 +135,19 @@ class SemanticIndexer(nn.Module):
         self.ema_sum[level] = centres / self.cfg.codebook_size
 
     @torch.no_grad()
-    def ema_update(self, level: int, reps: torch.Tensor, generator: torch.Generator) -> int:
-        """Move codes towards the mean of the representations assigned to them; re-seed codes
-        whose EMA count fell below the threshold. Returns how many were re-seeded."""
+    def ema_update(
+        self,
+        level: int,
+        reps: torch.Tensor,
+        generator: torch.Generator,
+        codes: torch.Tensor | None = None,
+    ) -> int:
+        """Move codes towards the mean of the representations assigned to them (`codes`, by
+        default each representation's nearest code); re-seed codes whose EMA count fell below
+        the threshold. Returns how many were re-seeded."""
         k, decay = self.cfg.codebook_size, self.cfg.ema_decay
-        codes = self.code_logits(reps, level).argmax(-1)
+        if codes is None:
+            codes = self.code_logits(reps, level).argmax(-1)
         onehot = F.one_hot(codes, k).to(reps.dtype)
         share = onehot.sum(0) / len(reps)
         self.ema_count[level].mul_(decay).add_(share, alpha=1 - decay)

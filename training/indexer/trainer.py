@@ -20,7 +20,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.indexer.losses import code_kl, commitment, multi_positive_nce
+from training.indexer.losses import (
+    code_kl,
+    commitment,
+    multi_positive_nce,
+    sinkhorn_targets,
+    soft_cross_entropy,
+)
 from training.indexer.model import SemanticIndexer
 from training.indexer.sampling import Batch, PairData, make_batches
 from training.indexer.states import TokenStates
@@ -89,9 +95,14 @@ def kmeans_init(model: SemanticIndexer, level: int, reps: torch.Tensor, seed: in
 
 
 def code_stats(codes: np.ndarray, k: int) -> dict[str, float]:
-    """Utilisation and perplexity of one level's codes (the evaluation's definitions)."""
-    stats = codebook_stats(codes[:, None], [k])
-    return {"utilisation": stats["l1_utilisation"], "perplexity": stats["l1_perplexity"]}
+    """Utilisation and perplexity of the last level's codes (the evaluation's definitions),
+    and how many distinct paths the levels so far make: (N, levels so far) codes."""
+    stats = codebook_stats(codes[:, -1:], [k])
+    return {
+        "utilisation": stats["l1_utilisation"],
+        "perplexity": stats["l1_perplexity"],
+        "paths": len(np.unique(codes, axis=0)),
+    }
 
 
 class Trainer:
@@ -161,8 +172,23 @@ class Trainer:
                 )
                 / level
             )
+        balanced = None
+        if main and cfg.balance_weight > 0:
+            logits_d = m.code_logits(h_d[:, level], level)
+            target = sinkhorn_targets(
+                logits_d.detach() * cfg.code_temperature, cfg.balance_epsilon, cfg.balance_iters
+            )
+            parts["balance"] = (
+                cfg.balance_weight
+                * (
+                    soft_cross_entropy(logits_d, target)
+                    + soft_cross_entropy(m.code_logits(h_q[:, level], level), target[q_item])
+                )
+                / 2
+            )
+            balanced = target.argmax(-1)
         if main:
-            m.ema_update(level, h_d[:, level].detach(), self.gen)
+            m.ema_update(level, h_d[:, level].detach(), self.gen, balanced)
         total = sum(parts.values())
         return total, {k: float(v.detach()) for k, v in parts.items()}
 
@@ -203,7 +229,7 @@ class Trainer:
         )
         codes = self.model.code_logits(reps[:, level], level).argmax(-1).numpy()
         self.state.codes[:, level] = codes
-        return code_stats(codes, self.cfg.codebook_size)
+        return code_stats(self.state.codes[:, : level + 1], self.cfg.codebook_size)
 
     def init_codebook(self, level: int, sample: int = 20000) -> None:
         rows = np.random.default_rng(self.cfg.seed + level).permutation(len(self.items))[:sample]
