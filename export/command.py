@@ -41,9 +41,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--quantize",
-        choices=["none", "int8"],
+        choices=["none", "int8", "int8-all"],
         default="none",
-        help="int8: serve a dynamically quantised encoder (agreement with fp32 is printed)",
+        help="int8: serve a dynamically quantised encoder; int8-all: the decoder step too "
+        "(agreement with fp32 is printed)",
     )
     parser.add_argument("--batch-size", type=int, default=128, help="items per ONNX call")
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0: auto)")
@@ -75,7 +76,7 @@ def export(args: argparse.Namespace) -> dict:
     from export.graphs import EXPORTER, export_graphs
     from export.item_table import assign_semantic_codes
     from export.parity import ParityError, check_parity
-    from export.quantize import quantize_encoder
+    from export.quantize import quantize_graphs
     from service.bundle import DECODER_FILE, ENCODER_FILE, TOKENIZER_FILE, TokenizerSpec
     from service.onnx_model import OnnxIndexer
     from service.tokenizer import BundleTokenizer
@@ -131,13 +132,23 @@ def export(args: argparse.Namespace) -> dict:
                 f"first failures: {report.failures[:5]}"
             )
         extra: dict = {"parity": report.summary()}
-        if args.quantize == "int8":
-            extra["quantization"] = quantize_encoder(
-                staging, onnx, tokenizer, catalog.texts, codes, args.threads
+        graphs = {"encoder": ENCODER_FILE, "decoder_step": DECODER_FILE}
+        if args.quantize in ("int8", "int8-all"):
+            quant = quantize_graphs(
+                staging,
+                onnx,
+                tokenizer,
+                catalog.texts,
+                codes,
+                args.threads,
+                decoder=args.quantize == "int8-all",
             )
-            (staging / ENCODER_FILE).unlink()
+            extra["quantization"] = quant
+            for role, name in quant["files"].items():  # the bundle serves the int8 graphs only
+                (staging / graphs[role]).unlink()
+                graphs[role] = name
             codes = assign_semantic_codes(
-                OnnxIndexer(staging / extra["quantization"]["file"], paths["decoder_step"]),
+                OnnxIndexer(staging / graphs["encoder"], staging / graphs["decoder_step"]),
                 tokenizer,
                 catalog.texts,
                 cfg.levels,
@@ -145,7 +156,6 @@ def export(args: argparse.Namespace) -> dict:
             )
         sids = disambiguate(codes)
         write_item_table(staging, catalog.ids, sids)
-        encoder_file = extra.get("quantization", {}).get("file", ENCODER_FILE)
         finish_bundle(
             staging,
             out,
@@ -154,7 +164,7 @@ def export(args: argparse.Namespace) -> dict:
             hidden_size=model.dim,
             cache_entries=2 * model.cfg.decoder_layers,
             tokenizer={k: v for k, v in vars(spec).items() if k != "file"},
-            graphs={"encoder": encoder_file, "decoder_step": DECODER_FILE},
+            graphs=graphs,
             item_count=len(catalog),
             source={
                 "checkpoint": str(args.checkpoint),

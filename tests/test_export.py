@@ -143,28 +143,49 @@ def test_export_refuses_to_overwrite_without_force(tiny_export):
     load_bundle(tiny_export["bundle"])  # untouched
 
 
-def test_int8_export_reports_agreement(tiny_export, tmp_path, capsys):
+@pytest.mark.parametrize(
+    "mode, decoder_file",
+    [("int8", "decoder_step.onnx"), ("int8-all", "decoder_step.int8.onnx")],
+)
+def test_int8_export_reports_agreement(tiny_export, tmp_path, capsys, mode, decoder_file):
     from export.command import export
 
-    out = tmp_path / "int8"
+    out = tmp_path / mode
     args = export_args(
         tiny_export["checkpoint"],
         tiny_export["catalog"],
         None,
         out,
-        quantize="int8",
+        quantize=mode,
         parity_queries=20,
     )
     summary = export(args)
     bundle = load_bundle(out)
     q = bundle.manifest["quantization"]
-    assert bundle.manifest["graphs"]["encoder"] == "encoder.int8.onnx"
+    assert bundle.manifest["graphs"] == {
+        "encoder": "encoder.int8.onnx",
+        "decoder_step": decoder_file,
+    }
     assert not (out / "encoder.onnx").exists()
+    assert (out / "decoder_step.onnx").exists() == (mode == "int8")
     assert q["bytes_int8"] < q["bytes_fp32"] / 2
     assert set(q["agreement_with_fp32"]) == {"l1", "l1-2"}
     assert 0.0 <= q["agreement_with_fp32"]["l1-2"] <= q["agreement_with_fp32"]["l1"] <= 1.0
-    assert "int8 encoder agreement with fp32" in capsys.readouterr().out
+    what = "int8 encoder and decoder" if mode == "int8-all" else "int8 encoder"
+    assert f"{what} agreement with fp32" in capsys.readouterr().out
     assert summary["model_version"] != tiny_export["summary"]["model_version"]
+    # the item table is what the served graphs assign (same batches: dynamic int8 scales
+    # activations per batch, so the batch a text is computed in can change its codes)
+    from export.item_table import assign_semantic_codes
+    from service.onnx_model import OnnxIndexer
+    from service.tokenizer import BundleTokenizer
+    from training.data import load_catalog
+
+    model = OnnxIndexer(bundle.encoder_path, bundle.decoder_path)
+    tok = BundleTokenizer(bundle.file("tokenizer.json"), bundle.tokenizer)
+    texts = load_catalog(tiny_export["catalog"]).texts
+    codes = assign_semantic_codes(model, tok, texts, bundle.levels, progress=False)
+    assert np.array_equal(codes, bundle.item_sids[:, : bundle.levels])
 
 
 # ---- the loader: each broken bundle has its own error, naming the file
