@@ -133,15 +133,15 @@ def int8_agreement(bundle, tokenizer, texts: list[str], workdir: Path) -> tuple[
     """Quantise the bundle's encoder in `workdir` and compare item SIDs with fp32."""
     import shutil
 
-    from export.quantize import quantize_encoder
+    from export.quantize import quantize_graphs
 
     for name in (bundle.manifest["graphs"]["encoder"], bundle.manifest["graphs"]["decoder_step"]):
         shutil.copyfile(bundle.path / name, workdir / name)
     fp32 = OnnxIndexer(workdir / "encoder.onnx", workdir / "decoder_step.onnx")
-    report = quantize_encoder(
+    report = quantize_graphs(
         workdir, fp32, tokenizer, texts, bundle.item_sids[:, : bundle.levels].astype(np.int64)
     )
-    return report, workdir / report["file"]
+    return report, workdir / report["files"]["encoder"]
 
 
 def triton_overhead(bundle, tokenizer, queries: list[str], workdir: Path) -> list[list[object]]:

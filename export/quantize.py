@@ -81,7 +81,6 @@ def quantize_graphs(
     return {
         "encoder": method,
         "decoder_step": method if decoder else "fp32",
-        "file": INT8_ENCODER_FILE,
         "files": files,
         "agreement_with_fp32": agree,
         "items_compared": len(pick),
