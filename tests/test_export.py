@@ -245,3 +245,18 @@ def test_tensorrt_profiles_cover_the_graph_inputs(tiny_export, capsys):
     except ImportError:
         assert main(["--bundle", str(bundle.path), "--out", "/nonexistent/trt"]) == 2
         assert "TensorRT is not installed" in capsys.readouterr().err
+
+
+def test_export_benchmark_int8_agreement_runs(tiny_export, tmp_path):
+    # `make bench-export` quantises a copy of a bundle's encoder through the export's own code
+    from benchmarks.export import int8_agreement
+    from service.tokenizer import BundleTokenizer
+    from training.data import load_catalog
+
+    bundle = load_bundle(tiny_export["bundle"])
+    tok = BundleTokenizer(bundle.file("tokenizer.json"), bundle.tokenizer)
+    texts = load_catalog(tiny_export["catalog"]).texts
+    report, path = int8_agreement(bundle, tok, texts, tmp_path)
+    assert path == tmp_path / "encoder.int8.onnx" and path.is_file()
+    assert report["files"] == {"encoder": "encoder.int8.onnx"}
+    assert 0.0 <= report["agreement_with_fp32"]["l1"] <= 1.0
