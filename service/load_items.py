@@ -28,6 +28,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.bundle import load_bundle
 from service.stores.redis_store import ACTIVE_KEY, Keys, safe_url
+from sidserve.sids import format_sid
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ def load_table(
     keys, levels = Keys(model_version), table.shape[1] - 1
     started = time.perf_counter()
     removed = clear_version(client, keys)
-    texts = ["-".join(map(str, row)) for row in table.tolist()]
+    texts = [format_sid(row) for row in table.tolist()]
     next_code: dict[str, int] = {}
     for row, text in zip(table.tolist(), texts, strict=True):
         path = text.rsplit("-", 1)[0]

@@ -225,7 +225,7 @@ class SidService:
         return [
             {
                 "item_id": item_id,
-                "sid": "-".join(map(str, row)),
+                "sid": format_sid(row),
                 "matched_depth": depth[n],
                 "max_depth": best[n],
                 "prefix_score": score[n],

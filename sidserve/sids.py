@@ -6,8 +6,9 @@ from collections.abc import Sequence
 
 
 def format_sid(codes: Sequence[int]) -> str:
-    """The stable string form: codes joined by '-', e.g. '12-5-201'."""
-    return "-".join(str(int(c)) for c in codes)
+    """The stable string form: codes joined by '-', e.g. '12-5-201'. Integers of any kind
+    (Python or numpy); it runs once per candidate on the query path, so no per-code int()."""
+    return "-".join(map(str, codes))
 
 
 def parse_sid(text: str) -> list[int]:
