@@ -151,38 +151,39 @@ class Trainer:
         parts: dict[str, torch.Tensor] = {
             "nce": multi_positive_nce(h_q[:, level], h_d[:, level], positive, cfg.temperature)
         }
-        kl_levels = range(level + 1 if main else level)
-        if self.ab.kl and len(kl_levels):
+        # code logits of every level with a codebook (level T itself only in the main phase),
+        # computed once and shared by the KL, commitment and balancing terms
+        coded = range(level + 1 if main else level)
+        logits_d = [m.code_logits(h_d[:, t], t) for t in coded]
+        logits_q = [m.code_logits(h_q[:, t], t) for t in coded]
+        if self.ab.kl and len(coded):
             parts["kl"] = (
                 cfg.kl_weight
-                * sum(
-                    code_kl(m.code_logits(h_q[:, t], t), m.code_logits(h_d[q_item, t], t))
-                    for t in kl_levels
-                )
-                / len(kl_levels)
+                * sum(code_kl(logits_q[t], logits_d[t][q_item]) for t in coded)
+                / len(coded)
             )
         if self.ab.commitment and level > 0:
             fixed = torch.from_numpy(codes[items, :level])
             parts["commit"] = (
                 cfg.commit_weight
                 * sum(
-                    commitment(m.code_logits(h_d[:, t], t), fixed[:, t])
-                    + commitment(m.code_logits(h_q[:, t], t), fixed[q_item, t])
+                    commitment(logits_d[t], fixed[:, t]) + commitment(logits_q[t], fixed[q_item, t])
                     for t in range(level)
                 )
                 / level
             )
         balanced = None
         if main and cfg.balance_weight > 0:
-            logits_d = m.code_logits(h_d[:, level], level)
             target = sinkhorn_targets(
-                logits_d.detach() * cfg.code_temperature, cfg.balance_epsilon, cfg.balance_iters
+                logits_d[level].detach() * cfg.code_temperature,
+                cfg.balance_epsilon,
+                cfg.balance_iters,
             )
             parts["balance"] = (
                 cfg.balance_weight
                 * (
-                    soft_cross_entropy(logits_d, target)
-                    + soft_cross_entropy(m.code_logits(h_q[:, level], level), target[q_item])
+                    soft_cross_entropy(logits_d[level], target)
+                    + soft_cross_entropy(logits_q[level], target[q_item])
                 )
                 / 2
             )
