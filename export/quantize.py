@@ -49,16 +49,15 @@ def quantize_graphs(
 
     from export.item_table import assign_semantic_codes
 
-    pairs = [(ENCODER_FILE, INT8_ENCODER_FILE)]
+    # role -> (fp32 graph, its int8 version)
+    roles = {"encoder": (ENCODER_FILE, INT8_ENCODER_FILE)}
     if decoder:
-        pairs.append((DECODER_FILE, INT8_DECODER_FILE))
-    for src, dst in pairs:
+        roles["decoder_step"] = (DECODER_FILE, INT8_DECODER_FILE)
+    for src, dst in roles.values():
         quantize_dynamic(str(bundle_dir / src), str(bundle_dir / dst), weight_type=QuantType.QInt8)
-    files = {"encoder": INT8_ENCODER_FILE}
-    if decoder:
-        files["decoder_step"] = INT8_DECODER_FILE
+    files = {role: dst for role, (_, dst) in roles.items()}
     dec = files.get("decoder_step", DECODER_FILE)
-    int8 = OnnxIndexer(bundle_dir / INT8_ENCODER_FILE, bundle_dir / dec, threads)
+    int8 = OnnxIndexer(bundle_dir / files["encoder"], bundle_dir / dec, threads)
     pick = np.unique(np.linspace(0, len(texts) - 1, sample).astype(int))
     levels = fp32_codes.shape[1]
     codes = assign_semantic_codes(int8, tokenizer, [texts[i] for i in pick], levels, progress=False)
@@ -84,6 +83,6 @@ def quantize_graphs(
         "files": files,
         "agreement_with_fp32": agree,
         "items_compared": len(pick),
-        "bytes_fp32": sum((bundle_dir / src).stat().st_size for src, _ in pairs),
-        "bytes_int8": sum((bundle_dir / dst).stat().st_size for _, dst in pairs),
+        "bytes_fp32": sum((bundle_dir / src).stat().st_size for src, _ in roles.values()),
+        "bytes_int8": sum((bundle_dir / dst).stat().st_size for _, dst in roles.values()),
     }
