@@ -36,8 +36,8 @@ def run_bundle(path: Path, texts: list[str], beam: int, threads: int) -> dict:
     b = load_bundle(path)
     model = OnnxIndexer(b.encoder_path, b.decoder_path, threads)
     tok = BundleTokenizer(b.file(b.tokenizer.file), b.tokenizer)
-    sids = b.item_sids[:, : b.levels].astype(np.int64)
-    trie = CompactTrie.from_codes(np.unique(sids, axis=0), b.codebook_sizes)
+    sids = b.semantic_sids
+    trie = CompactTrie.from_codes(sids, b.codebook_sizes)  # duplicates allowed
     t = time.perf_counter()
     beams = search_beams(model, tok, texts, trie, beam)
     seconds = time.perf_counter() - t

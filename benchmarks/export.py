@@ -101,7 +101,7 @@ def assign_rates(bundle, tokenizer, texts: list[str], batch_1_items: int) -> lis
         codes = assign_semantic_codes(model, tokenizer, subset, bundle.levels, batch)
         seconds = time.perf_counter() - t
         if len(subset) == len(texts):
-            same = (codes == bundle.item_sids[:, : bundle.levels]).all(axis=1).mean()
+            same = (codes == bundle.semantic_sids).all(axis=1).mean()
             check = f"{same:.4f} of the bundle's table"
         else:
             check = "–"
@@ -138,9 +138,7 @@ def int8_agreement(bundle, tokenizer, texts: list[str], workdir: Path) -> tuple[
     for name in (bundle.manifest["graphs"]["encoder"], bundle.manifest["graphs"]["decoder_step"]):
         shutil.copyfile(bundle.path / name, workdir / name)
     fp32 = OnnxIndexer(workdir / "encoder.onnx", workdir / "decoder_step.onnx")
-    report = quantize_graphs(
-        workdir, fp32, tokenizer, texts, bundle.item_sids[:, : bundle.levels].astype(np.int64)
-    )
+    report = quantize_graphs(workdir, fp32, tokenizer, texts, bundle.semantic_sids)
     return report, workdir / report["files"]["encoder"]
 
 

@@ -107,7 +107,7 @@ def hf_comparison(args, bundle_dir: Path, queries: list[str]) -> list[list[objec
     from service.trie import CompactTrie
 
     bundle = load_bundle(bundle_dir)
-    paths = bundle.item_sids[:, : bundle.levels].astype(np.int64)
+    paths = bundle.semantic_sids
     trie = CompactTrie.from_codes(paths, bundle.codebook_sizes)
     tok = BundleTokenizer(bundle.file(bundle.tokenizer.file), bundle.tokenizer)
     model, hf_tok = hf.load_for_generation(args.checkpoint)

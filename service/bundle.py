@@ -73,6 +73,11 @@ class Bundle:
     item_sids: np.ndarray  # (N, levels + 1) int32: semantic codes, then disambiguation
     cache_entries: int  # decoder key/value cache entries per position (2 x decoder layers)
 
+    @property
+    def semantic_sids(self) -> np.ndarray:
+        """(N, levels) int64: the semantic codes of every item, without disambiguation."""
+        return self.item_sids[:, : self.levels].astype(np.int64)
+
     def file(self, name: str) -> Path:
         return self.path / name
 

@@ -80,7 +80,7 @@ class SidService:
         self.metrics = metrics or Metrics()
         self.levels = bundle.levels
         self.tokenizer = BundleTokenizer(bundle.file(bundle.tokenizer.file), bundle.tokenizer)
-        self._paths = np.unique(bundle.item_sids[:, : self.levels].astype(np.int64), axis=0)
+        self._paths = np.unique(bundle.semantic_sids, axis=0)
         trie = CompactTrie.from_codes(self._paths, bundle.codebook_sizes)
         self.batcher = QueryBatcher(
             backend,

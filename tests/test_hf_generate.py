@@ -46,7 +46,7 @@ def trie_paths(name: str, bundle) -> np.ndarray:
     if name == "every":
         return every
     if name == "catalog":
-        return bundle.item_sids[:, : bundle.levels].astype(np.int64)
+        return bundle.semantic_sids
     rng = np.random.default_rng(0)
     return every[np.sort(rng.choice(len(every), 20, replace=False))]
 
