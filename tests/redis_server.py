@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from service.launcher import free_port
+from service.launcher import free_port, stop_process
 
 START_TIMEOUT_S = 10.0
 
@@ -53,13 +53,7 @@ def running_redis(binary: str) -> Iterator[str]:
                     time.sleep(0.05)
                 output = log.read_text(errors="replace")[-2000:] if log.exists() else ""
             finally:
-                if proc.poll() is None:
-                    proc.terminate()
-                    try:
-                        proc.wait(5)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
-                        proc.wait()
+                stop_process(proc, grace=5)
         pytest.fail(f"redis-server did not answer PING on 127.0.0.1; its log ends: {output}")
 
 
