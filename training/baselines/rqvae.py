@@ -111,7 +111,15 @@ class RQVAE:
 
     def __init__(self, cfg: RQVAEConfig, module=None):
         self.cfg = cfg
-        self.module = module if module is not None else _build(cfg)
+        if module is None:
+            import torch
+
+            # initial weights from the config's seed, not from whatever the global RNG holds
+            # (they differed from process to process, and so did the trained codes)
+            with torch.random.fork_rng():
+                torch.manual_seed(cfg.seed)
+                module = _build(cfg)
+        self.module = module
         self.trie: Trie | None = None
 
     @property
