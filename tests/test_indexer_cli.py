@@ -58,3 +58,40 @@ def test_train_evaluate_assign(tmp_path, capsys):
     bad.write_text('{"levels": 2, "colour": "red"}')
     assert _train(cat, jud, tmp_path / "x", bad) == 2
     assert "unknown config key(s): colour" in capsys.readouterr().err
+
+
+def test_ablation_benchmark_reports_a_reused_checkpoint(tmp_path):
+    """benchmarks/ablation.py end to end on the toy set: its table holds what evaluate says."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    products, judgments = toy_rows()
+    data = tmp_path / "data" / "homedepot"
+    data.mkdir(parents=True)
+    cat = write_csv(tmp_path / "p.csv", ["product_uid", "title", "description"], products)
+    jud = write_csv(tmp_path / "j.csv", ["query", "product_uid", "relevance"], judgments)
+    for src, name in ((cat, "products.csv.gz"), (jud, "judgments.csv.gz")):
+        (data / name).write_bytes(gzip.compress(src.read_bytes()))
+    cfg = tmp_path / "tiny.json"
+    cfg.write_text(json.dumps(asdict(tiny_config(epochs_per_level=[1.0, 1.0]))))
+    ck = tmp_path / "ck"
+    assert _train(cat, jud, ck, cfg) == 0
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "ablation.py"
+    out = tmp_path / "ablation.md"
+    base = [sys.executable, str(script), "--data", str(tmp_path / "data"), "--out", str(out)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    run = subprocess.run(
+        [*base, "--variants", "full", "--reuse", f"full={ck}"], env=env, capture_output=True
+    )
+    assert run.returncode == 0, run.stderr.decode()[-2000:]
+    sid = json.loads((ck / "eval-indexer.json").read_text())["metrics"]
+    dense = json.loads((ck / "eval-indexer-dense.json").read_text())["metrics"]
+    row = next(line for line in out.read_text().splitlines() if line.startswith("| full |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[3] == f"{sid['recall@10']:.4f}" and cells[-1] == f"{dense['mrr@100']:.4f}"
+    assert "Not run in this invocation: no-kl" in out.read_text()
+
+    bad = subprocess.run([*base, "--reuse", f"full={tmp_path}"], env=env, capture_output=True)
+    assert bad.returncode == 2 and b"not a fully trained" in bad.stderr
