@@ -13,7 +13,8 @@ from tests.indexer_toy import tiny_config, toy_rows
 from training.data import load_catalog, load_judgments
 from training.encoder import minilm_path
 from training.indexer.checkpoint import load_checkpoint, save_checkpoint
-from training.indexer.inference import greedy_codes, query_beams
+from training.indexer.config import IndexerConfig
+from training.indexer.inference import dense_representations, greedy_codes, query_beams
 from training.indexer.losses import (
     code_kl,
     multi_positive_nce,
@@ -66,6 +67,20 @@ def trained(toy):
 
 def test_contrastive_loss_decreases(trained):
     assert trained["second"]["nce"] < trained["first"]["nce"]
+
+
+def test_encoder_alignment_loss_decreases_and_defines_the_dense_vectors(toy, trained):
+    assert trained["second"]["enc_nce"] < trained["first"]["enc_nce"]
+    model, items = toy["model"], toy["items"]
+    dense = dense_representations(model, items, batch_size=7)  # several padded batches
+    lower, mask = items.batch(list(range(len(items))))
+    with torch.no_grad():
+        memory = model.encode(lower, mask)
+    m = mask.float()[..., None]
+    by_hand = torch.nn.functional.normalize((memory * m).sum(1) / m.sum(1), dim=-1).numpy()
+    np.testing.assert_allclose(dense, by_hand, atol=1e-5)
+    with pytest.raises(ValueError, match="encoder_nce_weight"):
+        IndexerConfig(encoder_nce_weight=-1.0)
 
 
 def test_commitment_keeps_level1_while_level2_trains(toy, trained):

@@ -266,7 +266,7 @@ def _indexer(ctx: EvalContext) -> MethodResult:
 
 
 def _indexer_dense(ctx: EvalContext) -> MethodResult:
-    """Dense retrieval with the indexer's own (step-1) representation."""
+    """Dense retrieval with the indexer's own representation (its pooled encoder output)."""
     from training.baselines.dense import dense_rank
     from training.indexer.inference import dense_representations
 

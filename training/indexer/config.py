@@ -27,6 +27,10 @@ class IndexerConfig:
     # --- losses (GSID 2.2)
     temperature: float = 0.05  # InfoNCE
     kl_weight: float = 1.0
+    # InfoNCE between the pooled encoder outputs of queries and items (the indexer's dense
+    # representation, `sidserve evaluate --method indexer-dense`), at every level and phase,
+    # so the code losses on the decoder do not wear it down (0 turns it off)
+    encoder_nce_weight: float = 1.0
     commit_weight: float = 1.0
     # Sinkhorn-balanced code targets at the level being trained (0 turns them off): items of
     # a batch are pushed to spread over the codebook instead of sharing a few codes
@@ -61,6 +65,8 @@ class IndexerConfig:
             raise ValueError("trainable_layers must be within 0..6 (MiniLM has 6)")
         if self.balance_weight < 0 or self.balance_epsilon <= 0 or self.balance_iters < 1:
             raise ValueError("balance_weight must be >= 0, balance_epsilon > 0, balance_iters >= 1")
+        if self.encoder_nce_weight < 0:
+            raise ValueError("encoder_nce_weight must be >= 0")
         if self.bos_input not in ("pooled", "learned"):
             raise ValueError("bos_input must be 'pooled' or 'learned'")
         if self.codebook_init not in ("kmeans", "random"):

@@ -7,7 +7,7 @@ import torch
 
 from training.indexer.model import SemanticIndexer
 from training.indexer.states import TokenStates
-from training.indexer.trainer import batched, step_representations
+from training.indexer.trainer import batched
 from training.sids import Trie
 
 
@@ -35,10 +35,19 @@ def greedy_codes(
 
 
 @torch.no_grad()
-def dense_representations(model: SemanticIndexer, states: TokenStates) -> np.ndarray:
-    """The step-1 representation (no prefix): the indexer's own dense vector of a text."""
-    empty = np.zeros((len(states), 0), dtype=np.int64)
-    return step_representations(model, states, empty, desc="dense")[:, 0].numpy()
+def dense_representations(
+    model: SemanticIndexer, states: TokenStates, batch_size: int = 256
+) -> np.ndarray:
+    """(N, D) the indexer's own dense vectors: unit-norm pooled outputs of its fine-tuned
+    encoder (`SemanticIndexer.dense`)."""
+    from tqdm.auto import tqdm
+
+    model.eval()
+    out = []
+    for chunk in tqdm(batched(len(states), batch_size), desc="dense", leave=False):
+        lower, mask = states.batch(list(chunk))
+        out.append(model.dense(model.encode(lower, mask), mask))
+    return torch.cat(out).numpy()
 
 
 @torch.no_grad()

@@ -114,12 +114,22 @@ class SemanticIndexer(nn.Module):
         """(B, D) input of the first decoder position (see IndexerConfig.bos_input)."""
         if self.cfg.bos_input == "learned":
             return self.bos.expand(len(memory), -1)
-        # a (1 x S) @ (S x D) product per text rather than a reduction: ONNX Runtime's
-        # ReduceSum sums in a different order for a padded batch, this matmul does not, so a
-        # query gets bit-identical results alone and micro-batched with longer ones
+        return self.mean_pool(memory, mask)
+
+    @staticmethod
+    def mean_pool(memory: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, D) masked mean of the encoder states: MiniLM's own sentence embedding.
+
+        A (1 x S) @ (S x D) product per text rather than a reduction: ONNX Runtime's ReduceSum
+        sums in a different order for a padded batch, this matmul does not, so a query gets
+        bit-identical results alone and micro-batched with longer ones."""
         weight = mask.to(memory.dtype)[:, None, :]
         weight = weight / weight.sum(-1, keepdim=True).clamp_min(1.0)
         return (weight @ memory)[:, 0]
+
+    def dense(self, memory: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, D) the indexer's dense representation: the unit-norm pooled encoder output."""
+        return F.normalize(self.mean_pool(memory, mask), dim=-1)
 
     def code_logits(self, reps: torch.Tensor, level: int) -> torch.Tensor:
         """(..., D) unit representations -> (..., K) logits for `level` (0-based)."""

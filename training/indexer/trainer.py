@@ -142,15 +142,21 @@ class Trainer:
         m, cfg, codes = self.model, self.cfg, self.state.codes
         items = np.asarray(batch.items)
         prefix_items = torch.from_numpy(codes[items, :level])
-        lower, mask = self.items.batch(batch.items)
-        h_d = m.decode(m.encode(lower, mask), mask, prefix_items)  # (B, level+1, D)
-        lower, mask = self.queries.batch(batch.queries)
+        lower, mask_d = self.items.batch(batch.items)
+        mem_d = m.encode(lower, mask_d)
+        h_d = m.decode(mem_d, mask_d, prefix_items)  # (B, level+1, D)
+        lower, mask_q = self.queries.batch(batch.queries)
+        mem_q = m.encode(lower, mask_q)
         q_item = torch.tensor(batch.query_item)
-        h_q = m.decode(m.encode(lower, mask), mask, prefix_items[q_item])
+        h_q = m.decode(mem_q, mask_q, prefix_items[q_item])
         positive = torch.from_numpy(batch.positive)
         parts: dict[str, torch.Tensor] = {
             "nce": multi_positive_nce(h_q[:, level], h_d[:, level], positive, cfg.temperature)
         }
+        if cfg.encoder_nce_weight > 0:
+            parts["enc_nce"] = cfg.encoder_nce_weight * multi_positive_nce(
+                m.dense(mem_q, mask_q), m.dense(mem_d, mask_d), positive, cfg.temperature
+            )
         # code logits of every level with a codebook (level T itself only in the main phase),
         # computed once and shared by the KL, commitment and balancing terms
         coded = range(level + 1 if main else level)
