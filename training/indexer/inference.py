@@ -7,7 +7,7 @@ import torch
 
 from training.indexer.model import SemanticIndexer
 from training.indexer.states import TokenStates
-from training.indexer.trainer import batched
+from training.indexer.trainer import encoded_batches
 from training.sids import Trie
 
 
@@ -17,20 +17,16 @@ def greedy_codes(
 ) -> np.ndarray:
     """(N, levels) greedy codes: at each level the best code given the text's own prefix
     (how items get their SIDs). The encoder runs once per batch; the decoder once per level."""
-    from tqdm.auto import tqdm
-
     model.eval()
     levels = model.cfg.levels if levels is None else levels
     out = np.zeros((len(states), levels), dtype=np.int64)
-    for chunk in tqdm(batched(len(states), batch_size), desc="greedy codes", leave=False):
-        lower, mask = states.batch(list(chunk))
-        memory = model.encode(lower, mask)
-        prefix = torch.zeros(len(chunk), 0, dtype=torch.long)
+    for idx, memory, mask in encoded_batches(model, states, batch_size, "greedy codes"):
+        prefix = torch.zeros(len(idx), 0, dtype=torch.long)
         for level in range(levels):
             reps = model.decode(memory, mask, prefix)[:, level]
             best = model.code_logits(reps, level).argmax(-1)
             prefix = torch.cat([prefix, best[:, None]], dim=1)
-        out[chunk.start : chunk.stop] = prefix.numpy()
+        out[idx] = prefix.numpy()
     return out
 
 
@@ -40,14 +36,9 @@ def dense_representations(
 ) -> np.ndarray:
     """(N, D) the indexer's own dense vectors: unit-norm pooled outputs of its fine-tuned
     encoder (`SemanticIndexer.dense`)."""
-    from tqdm.auto import tqdm
-
     model.eval()
-    out = []
-    for chunk in tqdm(batched(len(states), batch_size), desc="dense", leave=False):
-        lower, mask = states.batch(list(chunk))
-        out.append(model.dense(model.encode(lower, mask), mask))
-    return torch.cat(out).numpy()
+    batches = encoded_batches(model, states, batch_size, "dense")
+    return torch.cat([model.dense(memory, mask) for _, memory, mask in batches]).numpy()
 
 
 @torch.no_grad()
@@ -60,15 +51,11 @@ def query_beams(
     after the prefix masked out (the convention of `generate(prefix_allowed_tokens_fn=...)`).
     Ties go to the lower (beam, code) index, so results are deterministic.
     """
-    from tqdm.auto import tqdm
-
     model.eval()
     k, levels = model.cfg.codebook_size, model.cfg.levels
     results: list[tuple[np.ndarray, np.ndarray]] = []
-    for chunk in tqdm(batched(len(states), batch_size), desc="query beams", leave=False):
-        lower, mask = states.batch(list(chunk))
-        memory = model.encode(lower, mask)
-        b = len(chunk)
+    for idx, memory, mask in encoded_batches(model, states, batch_size, "query beams"):
+        b = len(idx)
         paths = [[()] for _ in range(b)]  # per query: list of prefixes
         scores = [np.zeros(1) for _ in range(b)]
         for level in range(levels):

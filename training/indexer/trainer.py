@@ -13,7 +13,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,6 +55,24 @@ def batched(n: int, size: int) -> list[range]:
     return [range(s, min(n, s + size)) for s in range(0, n, size)]
 
 
+def encoded_batches(
+    model: SemanticIndexer,
+    states: TokenStates,
+    batch_size: int,
+    desc: str,
+    rows: Sequence[int] | None = None,
+) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
+    """(row indices, encoder memory, mask) per batch of texts `rows` (default: all), under a
+    progress bar; the caller decides the grad mode and the model's train/eval mode."""
+    from tqdm.auto import tqdm
+
+    rows = list(range(len(states))) if rows is None else list(rows)
+    for chunk in tqdm(batched(len(rows), batch_size), desc=desc, leave=False):
+        idx = [rows[i] for i in chunk]
+        lower, mask = states.batch(idx)
+        yield idx, model.encode(lower, mask), mask
+
+
 @torch.no_grad()
 def step_representations(
     model: SemanticIndexer,
@@ -65,17 +83,12 @@ def step_representations(
     desc: str = "represent",
 ) -> torch.Tensor:
     """(n, t+1, D) decoder representations of texts `rows` given their t-code prefixes."""
-    from tqdm.auto import tqdm
-
-    rows = list(range(len(states))) if rows is None else list(rows)
     was = model.training
     model.eval()
-    out = []
-    for chunk in tqdm(batched(len(rows), batch_size), desc=desc, leave=False):
-        idx = [rows[i] for i in chunk]
-        lower, mask = states.batch(idx)
-        memory = model.encode(lower, mask)
-        out.append(model.decode(memory, mask, torch.from_numpy(prefix[idx])))
+    out = [
+        model.decode(memory, mask, torch.from_numpy(prefix[idx]))
+        for idx, memory, mask in encoded_batches(model, states, batch_size, desc, rows)
+    ]
     model.train(was)
     return torch.cat(out)
 
