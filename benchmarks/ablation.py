@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality import ROOT, cell, run_evaluate  # noqa: E402
+from quality import ROOT, cell, run_evaluate, shown_path  # noqa: E402
 from report import machine, md_table, write_report  # noqa: E402
 
 # variant -> the `sidserve train` switch that makes it (the full model has none)
@@ -50,7 +50,7 @@ def evaluate(ck: Path, method: str, data: list[str], commands: list[str]) -> dic
     out = ck / f"eval-{method}.json"
     if out.is_file() and out.stat().st_mtime > (ck / "indexer.safetensors").stat().st_mtime:
         report = json.loads(out.read_text())
-        commands.append(f"(reused {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out})")
+        commands.append(f"(reused {shown_path(str(out.resolve()))})")
     else:
         report, _, shown = run_evaluate(
             ["--method", method, *data, "--checkpoint", str(ck.resolve())], out

@@ -39,14 +39,14 @@ TOYS = ["ami_l1", "ami_l2", "ami_l3", "l1_utilisation", "collision_rate"]
 
 def run_evaluate(args: list[str], out: Path) -> tuple[dict, float, str]:
     cmd = [sys.executable, "-m", "sidserve.cli", "evaluate", *args, "--out", str(out)]
-    shown = "sidserve evaluate " + " ".join(shlex.quote(_rel(a)) for a in args)
+    shown = "sidserve evaluate " + " ".join(shlex.quote(shown_path(a)) for a in args)
     print(f"$ {shown}", flush=True)
     t = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=ROOT)
     return json.loads(out.read_text()), time.perf_counter() - t, shown
 
 
-def _rel(arg: str) -> str:
+def shown_path(arg: str) -> str:
     """Paths shown relative to the repository root, as a reader would type them."""
     return os.path.relpath(arg, ROOT) if arg.startswith("/") else arg
 
