@@ -37,6 +37,8 @@ def test_train_evaluate_assign(tmp_path, capsys):
     m = json.loads(out.read_text())["metrics"]
     assert m["unique_after_disambiguation"] == 1.0 and m["recall@100"] > 0
     assert {"l1_code_acc", "l2_code_acc", "auc_dense_sid", "candidates_mean"} <= m.keys()
+    # same catalog as training: how many items the finished model still codes as assigned
+    assert 1.0 >= m["l1_assignment_agreement"] >= m["l2_assignment_agreement"] > 0.5
     assert main(["evaluate", "--method", "indexer-dense", *common]) == 0
     dense = json.loads(out.read_text())["metrics"]
     # 48 products, every query judged: the trained representation must beat chance by far

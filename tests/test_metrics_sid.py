@@ -5,6 +5,7 @@ import pytest
 
 from training.metrics import (
     SidIndex,
+    assignment_agreement,
     category_ami,
     code_accuracy,
     codebook_stats,
@@ -167,6 +168,24 @@ def test_code_accuracy_partial_agreement() -> None:
     assert acc == pytest.approx({"l1_code_acc": 0.75, "l2_code_acc": 0.5, "l3_code_acc": 0.25})
     with pytest.raises(ValueError):
         code_accuracy(query_top1, ITEMS, np.array([], dtype=int), np.array([], dtype=int))
+
+
+def test_assignment_agreement_counts_prefixes_not_single_levels() -> None:
+    final = ITEMS.copy()
+    final[1] = [1, 3, 4]  # level 2 moved: levels 2 and 3 count as moved, level 3 code equal
+    final[3] = [9, 2, 3]  # level 1 moved
+    final[5, 2] = 0  # level 3 moved
+    kept = assignment_agreement(final, ITEMS)
+    assert kept == pytest.approx(
+        {
+            "l1_assignment_agreement": 5 / 6,
+            "l2_assignment_agreement": 4 / 6,
+            "l3_assignment_agreement": 3 / 6,
+        }
+    )
+    assert set(assignment_agreement(ITEMS, ITEMS).values()) == {1.0}
+    with pytest.raises(ValueError, match="differ"):
+        assignment_agreement(ITEMS[:, :2], ITEMS)
 
 
 def test_codebook_stats() -> None:

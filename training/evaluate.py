@@ -183,6 +183,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         metrics.update(retrieval_metrics(result.ranked, queries.judged, threshold=args.threshold))
     if result.item_sids is not None:
         metrics.update(sid_metrics(result, queries, args.threshold))
+        metrics.update(result.metrics)
         if catalog.categories is not None:
             metrics.update(category_ami(result.item_sids, category_levels(catalog.categories)))
     if queries is not None:

@@ -16,7 +16,7 @@ import numpy as np
 
 from training.data import Catalog, QuerySet
 from training.encoder import TextEncoder, cache_dir, texts_digest
-from training.metrics import SidIndex
+from training.metrics import SidIndex, assignment_agreement
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,7 @@ class MethodResult:
     query_sids: list[np.ndarray] | None = None  # per query: (K, L) beams, best first
     codebook_sizes: list[int] | None = None
     candidates: np.ndarray | None = None  # per query: candidate-set size before truncation
+    metrics: dict[str, float] = field(default_factory=dict)  # method-specific extras
     timings: dict[str, float] = field(default_factory=dict)
     info: dict[str, object] = field(default_factory=dict)
 
@@ -222,13 +223,14 @@ def _dsirm(ctx: EvalContext) -> MethodResult:
 
 
 def _load_indexer(ctx: EvalContext, method: str):
-    """(model, item token states) of the checkpoint in --checkpoint."""
+    """(model, item token states, a callable giving query token states, the item codes training
+    assigned, or None when the checkpoint was trained on another catalog) of --checkpoint."""
     from training.indexer.checkpoint import load_checkpoint
     from training.indexer.states import cached_states
 
     if ctx.checkpoint is None:
         raise ValueError(f"method {method!r} needs --checkpoint (a `sidserve train` output)")
-    model, tokenizer, _, doc = load_checkpoint(ctx.checkpoint)
+    model, tokenizer, assigned, doc = load_checkpoint(ctx.checkpoint)
     if doc.get("levels_trained", model.cfg.levels) < model.cfg.levels:
         raise ValueError(
             f"{ctx.checkpoint}: only {doc['levels_trained']} of "
@@ -245,7 +247,9 @@ def _load_indexer(ctx: EvalContext, method: str):
             model, tokenizer, ctx.queries.texts, model.cfg.max_query_tokens, fp, "queries"
         )
 
-    return model, items, queries
+    # the codes training fixed level by level, when they are codes of this very catalog
+    same = doc.get("catalog_checksum") == ctx.catalog.checksum() and len(assigned) == len(items)
+    return model, items, queries, (assigned if same else None)
 
 
 def _indexer(ctx: EvalContext) -> MethodResult:
@@ -253,7 +257,7 @@ def _indexer(ctx: EvalContext) -> MethodResult:
     from training.indexer.inference import greedy_codes, query_beams
     from training.sids import Trie
 
-    model, items, queries = _load_indexer(ctx, "indexer")
+    model, items, queries, assigned = _load_indexer(ctx, "indexer")
     t = time.perf_counter()
     codes = greedy_codes(model, items)
     timings = {"assign_s": time.perf_counter() - t}
@@ -262,7 +266,10 @@ def _indexer(ctx: EvalContext) -> MethodResult:
     def paths() -> list[np.ndarray]:
         return [p for p, _ in query_beams(model, queries(), Trie(codes), ctx.beam)]
 
-    return _sid_method(ctx, codes, paths, sizes, timings)
+    result = _sid_method(ctx, codes, paths, sizes, timings)
+    if assigned is not None:
+        result.metrics.update(assignment_agreement(codes, assigned))
+    return result
 
 
 def _indexer_dense(ctx: EvalContext) -> MethodResult:
@@ -271,7 +278,7 @@ def _indexer_dense(ctx: EvalContext) -> MethodResult:
     from training.indexer.inference import dense_representations
 
     _need_queries(ctx, "indexer-dense")
-    model, items, queries = _load_indexer(ctx, "indexer-dense")
+    model, items, queries, _ = _load_indexer(ctx, "indexer-dense")
     t = time.perf_counter()
     ranked = dense_rank(
         dense_representations(model, queries()), dense_representations(model, items), ctx.depth

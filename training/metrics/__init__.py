@@ -4,7 +4,8 @@
 - ``retrieval``: recall@k, MRR and graded nDCG against judgments.
 - ``prefix``: prefix matching of item SIDs against query beams, and DSIRM-style features.
 - ``sid_retrieval``: ``SidIndex``, prefix-index retrieval by beam match depth.
-- ``sid_quality``: code accuracy, codebook utilisation/perplexity, leaf collisions.
+- ``sid_quality``: code accuracy, codebook utilisation/perplexity, leaf collisions, drift of
+  final codes from the ones training assigned.
 - ``category``: AMI between SID prefixes and the category tree.
 - ``relevance``: grouped cross-validated AUC of relevance labels from pair features.
 
@@ -18,11 +19,17 @@ from training.metrics.prefix import matched_depth, prefix_features, prefix_score
 from training.metrics.ranking import top_k
 from training.metrics.relevance import relevance_auc
 from training.metrics.retrieval import retrieval_metrics
-from training.metrics.sid_quality import code_accuracy, codebook_stats, collision_stats
+from training.metrics.sid_quality import (
+    assignment_agreement,
+    code_accuracy,
+    codebook_stats,
+    collision_stats,
+)
 from training.metrics.sid_retrieval import SidIndex
 
 __all__ = [
     "SidIndex",
+    "assignment_agreement",
     "category_ami",
     "code_accuracy",
     "codebook_stats",

@@ -1,4 +1,5 @@
-"""Quality statistics of semantic IDs: code accuracy, codebook usage and leaf collisions."""
+"""Quality statistics of semantic IDs: code accuracy, codebook usage, leaf collisions and how
+far final codes moved from the ones training assigned."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["code_accuracy", "codebook_stats", "collision_stats"]
+__all__ = ["assignment_agreement", "code_accuracy", "codebook_stats", "collision_stats"]
 
 
 def _as_sids(sids: np.ndarray, name: str) -> np.ndarray:
@@ -87,3 +88,21 @@ def collision_stats(item_sids: np.ndarray) -> dict[str, float]:
         "max_items_per_leaf": int(counts.max()),
         "n_leaves": int(counts.size),
     }
+
+
+def assignment_agreement(final_sids: np.ndarray, assigned_sids: np.ndarray) -> dict[str, float]:
+    """Share of items whose final SID agrees with the codes training assigned them, per prefix.
+
+    A progressively trained indexer fixes each item's level-T code when level T is done; the
+    SIDs the finished model gives (``final_sids``, both ``(N, L)``) can still drift from those
+    (``assigned_sids``) on earlier levels. ``l{d}_assignment_agreement`` is the share of items
+    whose first d codes are unchanged, for d = 1..L.
+    """
+    final = _as_sids(final_sids, "final_sids")
+    assigned = _as_sids(assigned_sids, "assigned_sids")
+    if final.shape != assigned.shape:
+        raise ValueError(f"final_sids {final.shape} and assigned_sids {assigned.shape} differ")
+    if final.shape[0] == 0:
+        raise ValueError("assignment_agreement needs at least one item")
+    kept = np.cumprod(final == assigned, axis=1, dtype=np.int64).mean(axis=0)
+    return {f"l{d}_assignment_agreement": float(kept[d - 1]) for d in range(1, final.shape[1] + 1)}
