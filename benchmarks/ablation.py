@@ -32,7 +32,18 @@ VARIANTS = {
     "no-multi-query": ["--no-multi-query"],
     "no-commitment": ["--no-commitment"],
 }
-SID_KEYS = ["recall@10", "recall@100", "mrr@100", "l1_code_acc", "l2_code_acc", "l1_utilisation"]
+SID_KEYS = [
+    "recall@10",
+    "recall@100",
+    "mrr@100",
+    "l1_code_acc",
+    "l2_code_acc",
+    "l1_utilisation",
+    "n_leaves",
+    "max_items_per_leaf",
+    "l1_assignment_agreement",
+    "l2_assignment_agreement",
+]
 DENSE_KEYS = ["recall@10", "mrr@100"]
 
 
@@ -119,7 +130,9 @@ def main() -> int:
         "- each variant: `sidserve train` with the default configuration and the one switch "
         "shown, same seed; SID columns from `--method indexer`, dense columns from "
         "`--method indexer-dense`. Train seconds as the checkpoint records them (other jobs "
-        "sharing the cores inflate them).",
+        "sharing the cores inflate them). `n_leaves`: distinct full semantic paths over the "
+        "catalog; `l{d}_assignment_agreement`: share of catalog items the finished model still "
+        "codes as training fixed them on levels 1..d (– in reports from before that metric).",
         "",
         *md_table(
             [

@@ -93,6 +93,7 @@ def test_ablation_benchmark_reports_a_reused_checkpoint(tmp_path):
     row = next(line for line in out.read_text().splitlines() if line.startswith("| full |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[3] == f"{sid['recall@10']:.4f}" and cells[-1] == f"{dense['mrr@100']:.4f}"
+    assert cells[11] == f"{sid['l1_assignment_agreement']:.4f}"
     assert "Not run in this invocation: no-kl" in out.read_text()
 
     bad = subprocess.run([*base, "--reuse", f"full={tmp_path}"], env=env, capture_output=True)
