@@ -17,12 +17,19 @@ def _train(cat, jud, out, config, *extra) -> int:
     return main([*argv, "--config", str(config), *extra])
 
 
-def test_train_evaluate_assign(tmp_path, capsys):
+def _toy_files(tmp_path, epochs: float):
+    """The toy catalog, its judgments and a tiny config with `epochs` per level, as files."""
     products, judgments = toy_rows()
     cat = write_csv(tmp_path / "p.csv", ["product_uid", "title", "description"], products)
     jud = write_csv(tmp_path / "j.csv", ["query", "product_uid", "relevance"], judgments)
     cfg = tmp_path / "tiny.json"
-    cfg.write_text(json.dumps(asdict(tiny_config(epochs_per_level=[2.0, 2.0]))))
+    cfg.write_text(json.dumps(asdict(tiny_config(epochs_per_level=[epochs, epochs]))))
+    return cat, jud, cfg
+
+
+def test_train_evaluate_assign(tmp_path, capsys):
+    products = toy_rows()[0]
+    cat, jud, cfg = _toy_files(tmp_path, 2.0)
     ck = tmp_path / "ck"
     assert _train(cat, jud, ck, cfg, "--dev-fraction", "0.3") == 0
     log = [json.loads(line) for line in (ck / "train_log.jsonl").read_text().splitlines()]
@@ -69,15 +76,11 @@ def test_ablation_benchmark_reports_a_reused_checkpoint(tmp_path):
     import sys
     from pathlib import Path
 
-    products, judgments = toy_rows()
+    cat, jud, cfg = _toy_files(tmp_path, 1.0)
     data = tmp_path / "data" / "homedepot"
     data.mkdir(parents=True)
-    cat = write_csv(tmp_path / "p.csv", ["product_uid", "title", "description"], products)
-    jud = write_csv(tmp_path / "j.csv", ["query", "product_uid", "relevance"], judgments)
     for src, name in ((cat, "products.csv.gz"), (jud, "judgments.csv.gz")):
         (data / name).write_bytes(gzip.compress(src.read_bytes()))
-    cfg = tmp_path / "tiny.json"
-    cfg.write_text(json.dumps(asdict(tiny_config(epochs_per_level=[1.0, 1.0]))))
     ck = tmp_path / "ck"
     assert _train(cat, jud, ck, cfg) == 0
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "ablation.py"
@@ -98,3 +101,52 @@ def test_ablation_benchmark_reports_a_reused_checkpoint(tmp_path):
 
     bad = subprocess.run([*base, "--reuse", f"full={tmp_path}"], env=env, capture_output=True)
     assert bad.returncode == 2 and b"not a fully trained" in bad.stderr
+
+
+def test_resume_goes_on_after_the_last_finished_level(tmp_path, monkeypatch, capsys):
+    from safetensors.numpy import load_file
+
+    from training.indexer.trainer import Trainer
+
+    cat, jud, cfg = _toy_files(tmp_path, 1.0)
+    ck = tmp_path / "ck"
+
+    class Killed(Exception):
+        pass
+
+    assign = Trainer.assign_level
+
+    def dies_at_level_2(self, level):
+        if level == 1:
+            raise Killed
+        return assign(self, level)
+
+    monkeypatch.setattr(Trainer, "assign_level", dies_at_level_2)
+    try:
+        _train(cat, jud, ck, cfg)
+    except Killed:
+        pass
+    else:
+        raise AssertionError("the simulated crash did not happen")
+    first = json.loads((ck / "indexer.json").read_text())
+    assert first["levels_trained"] == 1
+    level1 = load_file(str(ck / "indexer.safetensors"))["item_codes"][:, 0].copy()
+    monkeypatch.setattr(Trainer, "assign_level", assign)
+
+    # the configuration comes from the checkpoint, so passing one is a mistake
+    assert _train(cat, jud, ck, cfg, "--resume") == 2
+    assert "drop --config" in capsys.readouterr().err
+    argv = ["train", "--catalog", str(cat), "--judgments", str(jud), "--out", str(ck)]
+    assert main([*argv, "--resume"]) == 0
+    doc = json.loads((ck / "indexer.json").read_text())
+    assert doc["levels_trained"] == 2 and doc["indexer"] == first["indexer"]
+    assert doc["train_seconds"] >= first["train_seconds"]
+    codes = load_file(str(ck / "indexer.safetensors"))["item_codes"]
+    assert (codes[:, 0] == level1).all() and (codes[:, 1] >= 0).all()
+    log = [json.loads(line) for line in (ck / "train_log.jsonl").read_text().splitlines()]
+    assert [e["level"] for e in log] == [1, 2]  # the interrupted run's level 1 is kept
+
+    assert main([*argv, "--resume"]) == 2
+    assert "all 2 levels trained already" in capsys.readouterr().err
+    assert main([*argv[:-1], str(tmp_path / "empty"), "--resume"]) == 2
+    assert "holds no checkpoint" in capsys.readouterr().err

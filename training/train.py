@@ -3,7 +3,7 @@
 
 It makes its own by-query dev split of the judgments (for reporting per level), trains on the
 train side, and writes a checkpoint directory after every level, so an interrupted run keeps
-the levels it finished.
+the levels it finished; `--resume` goes on from there.
 """
 
 from __future__ import annotations
@@ -35,6 +35,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--config", type=Path, help="JSON file overriding IndexerConfig fields (docs/indexer.md)"
     )
     parser.add_argument("--seed", type=int, help="overrides the config's seed")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="go on with an interrupted run in --out: train the levels its checkpoint lacks "
+        "(configuration, seed and ablation switches come from that checkpoint)",
+    )
     a = parser.add_argument_group("ablations (each switches one part off)")
     a.add_argument("--no-kl", action="store_true", help="no query-item code KL term")
     a.add_argument("--no-hard-negatives", action="store_true", help="random batches at every level")
@@ -89,7 +95,7 @@ class Setup:
         return write
 
 
-def setup(cfg, catalog, out: Path) -> tuple[Setup, Path, dict]:
+def setup(cfg, catalog, out: Path, resumed: Resumed | None = None) -> tuple[Setup, Path, dict]:
     import torch
     from transformers import AutoTokenizer
 
@@ -99,6 +105,8 @@ def setup(cfg, catalog, out: Path) -> tuple[Setup, Path, dict]:
 
     torch.manual_seed(cfg.seed)
     model = SemanticIndexer(cfg)
+    if resumed is not None:
+        model.load_state_dict(resumed.weights)
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())
     fingerprint = file_digest(minilm_path() / "model.safetensors")[:16]
     items = cached_states(
@@ -106,14 +114,69 @@ def setup(cfg, catalog, out: Path) -> tuple[Setup, Path, dict]:
     )
     out.mkdir(parents=True, exist_ok=True)
     log_path = out / "train_log.jsonl"
-    log_path.write_text("")
+    if resumed is None:
+        log_path.write_text("")
     meta = {
         "base_model": "all-MiniLM-L6-v2",
         "base_fingerprint": fingerprint,
         "catalog": str(catalog.source),
         "catalog_checksum": catalog.checksum(),
     }
-    return Setup(model, tokenizer, fingerprint, items, time.perf_counter()), log_path, meta
+    # a resumed run's clock starts where the interrupted one stopped
+    started = time.perf_counter() - (resumed.seconds if resumed else 0.0)
+    return Setup(model, tokenizer, fingerprint, items, started), log_path, meta
+
+
+@dataclass
+class Resumed:
+    """What an interrupted supervised run left in its checkpoint directory."""
+
+    doc: dict
+    weights: dict
+    codes: np.ndarray
+    levels_done: int
+    seconds: float
+
+    @classmethod
+    def load(cls, args: argparse.Namespace, catalog) -> Resumed:
+        from safetensors.torch import load_file
+
+        from training.indexer.checkpoint import CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE
+
+        given = [
+            flag
+            for flag, on in (
+                ("--config", args.config),
+                ("--seed", args.seed is not None),
+                ("--self-supervised", args.self_supervised),
+                ("--no-kl", args.no_kl),
+                ("--no-hard-negatives", args.no_hard_negatives),
+                ("--no-multi-query", args.no_multi_query),
+                ("--no-commitment", args.no_commitment),
+            )
+            if on
+        ]
+        if given:
+            raise ValueError(
+                f"--resume takes the configuration from the checkpoint; drop {', '.join(given)}"
+            )
+        meta, weights = args.out / CONFIG_FILE, args.out / WEIGHTS_FILE
+        if not (meta.is_file() and weights.is_file()):
+            raise ValueError(f"--resume: {args.out} holds no checkpoint of an earlier run")
+        doc = json.loads(meta.read_text())
+        if doc.get("format_version") != FORMAT_VERSION or doc.get("mode") != "supervised":
+            raise ValueError(
+                f"--resume: {args.out} is not a supervised checkpoint of format "
+                f"{FORMAT_VERSION} (self-supervised runs cannot be resumed)"
+            )
+        done, levels = doc["levels_trained"], doc["indexer"]["levels"]
+        if done >= levels:
+            raise ValueError(f"--resume: {args.out} has all {levels} levels trained already")
+        if doc["catalog_checksum"] != catalog.checksum():
+            raise ValueError(f"--resume: {args.out} was trained on another catalog")
+        tensors = load_file(str(weights))
+        codes = tensors.pop("item_codes").numpy().copy()
+        return cls(doc, tensors, codes, done, float(doc.get("train_seconds", 0.0)))
 
 
 def train(args: argparse.Namespace) -> Path:
@@ -122,10 +185,15 @@ def train(args: argparse.Namespace) -> Path:
     from training.indexer.sampling import PairData
     from training.indexer.trainer import Ablation, Trainer
 
-    cfg = IndexerConfig.from_file(args.config) if args.config else IndexerConfig()
+    catalog, judgments = load_inputs(args)
+    resumed = Resumed.load(args, catalog) if args.resume else None
+    if resumed is not None:
+        cfg = IndexerConfig(**resumed.doc["indexer"])
+        log.info("resuming %s after level %d of %d", args.out, resumed.levels_done, cfg.levels)
+    else:
+        cfg = IndexerConfig.from_file(args.config) if args.config else IndexerConfig()
     if args.seed is not None:
         cfg.seed = args.seed
-    catalog, judgments = load_inputs(args)
     if args.self_supervised:
         return train_self_supervised(args, cfg, catalog)
     if judgments is None:
@@ -139,22 +207,29 @@ def train(args: argparse.Namespace) -> Path:
         len(pairs.item_queries),
         len(catalog),
     )
-    run, log_path, meta = setup(cfg, catalog, args.out)
+    run, log_path, meta = setup(cfg, catalog, args.out, resumed)
     query_states = run.states(pairs.query_texts, cfg.max_query_tokens, "queries")
     dev_eval = None
     dev = group_by_query(dev_j) if len(dev_j) else None
     if dev is not None and len(dev.relevant_pairs(args.threshold)[0]):
         dev_states = run.states(dev.texts, cfg.max_query_tokens, "queries")
         dev_eval = dev_evaluator(dev_states, dev.relevant_pairs(args.threshold))
-    ablation = Ablation(
-        kl=not args.no_kl,
-        hard_negatives=not args.no_hard_negatives,
-        multi_query=not args.no_multi_query,
-        commitment=not args.no_commitment,
-    )
+    if resumed is not None:
+        ablation = Ablation(**resumed.doc["ablation"])
+    else:
+        ablation = Ablation(
+            kl=not args.no_kl,
+            hard_negatives=not args.no_hard_negatives,
+            multi_query=not args.no_multi_query,
+            commitment=not args.no_commitment,
+        )
     meta.update(mode="supervised", ablation=ablation.__dict__, train_pairs=len(pairs.positives))
     trainer = Trainer(run.model, run.item_states, query_states, pairs, ablation, log_path, dev_eval)
-    state = trainer.train(on_level_done=run.checkpointer(args.out, meta))
+    start = 0
+    if resumed is not None:
+        trainer.state.codes[:] = resumed.codes
+        start = resumed.levels_done
+    state = trainer.train(on_level_done=run.checkpointer(args.out, meta), start_level=start)
     log.info(
         "trained in %.1f s; last level: %s",
         time.perf_counter() - run.started,

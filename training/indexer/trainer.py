@@ -270,9 +270,10 @@ class Trainer:
             with self.log_path.open("a") as f:
                 f.write(json.dumps(entry) + "\n")
 
-    def train(self, on_level_done=None) -> TrainState:
+    def train(self, on_level_done=None, start_level: int = 0) -> TrainState:
+        """Levels `start_level`.. (earlier ones already in `state.codes`, as when resuming)."""
         cfg = self.cfg
-        for level in range(cfg.levels):
+        for level in range(start_level, cfg.levels):
             t0 = time.perf_counter()
             warm = (
                 self.run_epochs(
