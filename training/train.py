@@ -104,9 +104,7 @@ def setup(cfg, catalog, out: Path, resumed: Resumed | None = None) -> tuple[Setu
     from training.indexer.states import cached_states
 
     torch.manual_seed(cfg.seed)
-    model = SemanticIndexer(cfg)
-    if resumed is not None:
-        model.load_state_dict(resumed.weights)
+    model = SemanticIndexer(cfg) if resumed is None else resumed.model
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())
     fingerprint = file_digest(minilm_path() / "model.safetensors")[:16]
     items = cached_states(
@@ -132,16 +130,14 @@ class Resumed:
     """What an interrupted supervised run left in its checkpoint directory."""
 
     doc: dict
-    weights: dict
+    model: object  # the SemanticIndexer as the checkpoint left it
     codes: np.ndarray
     levels_done: int
     seconds: float
 
     @classmethod
     def load(cls, args: argparse.Namespace, catalog) -> Resumed:
-        from safetensors.torch import load_file
-
-        from training.indexer.checkpoint import CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE
+        from training.indexer.checkpoint import CONFIG_FILE, load_checkpoint
 
         given = [
             flag
@@ -160,23 +156,17 @@ class Resumed:
             raise ValueError(
                 f"--resume takes the configuration from the checkpoint; drop {', '.join(given)}"
             )
-        meta, weights = args.out / CONFIG_FILE, args.out / WEIGHTS_FILE
-        if not (meta.is_file() and weights.is_file()):
+        if not (args.out / CONFIG_FILE).is_file():
             raise ValueError(f"--resume: {args.out} holds no checkpoint of an earlier run")
-        doc = json.loads(meta.read_text())
-        if doc.get("format_version") != FORMAT_VERSION or doc.get("mode") != "supervised":
-            raise ValueError(
-                f"--resume: {args.out} is not a supervised checkpoint of format "
-                f"{FORMAT_VERSION} (self-supervised runs cannot be resumed)"
-            )
-        done, levels = doc["levels_trained"], doc["indexer"]["levels"]
+        model, _, codes, doc = load_checkpoint(args.out)
+        if doc.get("mode") != "supervised":
+            raise ValueError(f"--resume: {args.out} is not a supervised run's checkpoint")
+        done, levels = doc["levels_trained"], model.cfg.levels
         if done >= levels:
             raise ValueError(f"--resume: {args.out} has all {levels} levels trained already")
         if doc["catalog_checksum"] != catalog.checksum():
             raise ValueError(f"--resume: {args.out} was trained on another catalog")
-        tensors = load_file(str(weights))
-        codes = tensors.pop("item_codes").numpy().copy()
-        return cls(doc, tensors, codes, done, float(doc.get("train_seconds", 0.0)))
+        return cls(doc, model, codes, done, float(doc.get("train_seconds", 0.0)))
 
 
 def train(args: argparse.Namespace) -> Path:
@@ -188,7 +178,7 @@ def train(args: argparse.Namespace) -> Path:
     catalog, judgments = load_inputs(args)
     resumed = Resumed.load(args, catalog) if args.resume else None
     if resumed is not None:
-        cfg = IndexerConfig(**resumed.doc["indexer"])
+        cfg = resumed.model.cfg
         log.info("resuming %s after level %d of %d", args.out, resumed.levels_done, cfg.levels)
     else:
         cfg = IndexerConfig.from_file(args.config) if args.config else IndexerConfig()
