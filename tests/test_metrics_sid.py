@@ -109,6 +109,20 @@ def test_sid_index_depth_beats_beam_rank() -> None:
     assert total == 4
 
 
+def test_sid_index_similarity_replaces_beam_rank_within_a_depth() -> None:
+    index = SidIndex(ITEMS)
+    queries = np.array([[2, 2, 3], [1, 2, 4], [1, 2, 3]])
+    # depth 3: items 3, 1, 0, 4 (beam order 3, 1, then 0 and 4 share beam 2); depth 1: item 2
+    score = np.array([0.9, 0.1, 5.0, 0.2, 0.9, 7.0])
+    ranked, total = index.rank(queries, similarity=lambda items: score[items])
+    # within depth 3 by score (0 and 4 tie at 0.9: lower index first); depth 1 last although
+    # item 2 scores highest; item 5 (no match) never appears
+    np.testing.assert_array_equal(ranked, [0, 4, 3, 1, 2])
+    assert total == 5
+    with pytest.raises(ValueError, match="similarity returned shape"):
+        index.rank(queries, similarity=lambda items: score)
+
+
 def test_sid_index_empty_candidates() -> None:
     index = SidIndex(ITEMS)
     # Beam [1,9,9] matches items to depth 1 at most; min_depth 2 leaves nothing.
@@ -123,7 +137,7 @@ def test_sid_index_empty_candidates() -> None:
 
 
 def _brute_force_rank(
-    queries: np.ndarray, items: np.ndarray, min_depth: int
+    queries: np.ndarray, items: np.ndarray, min_depth: int, score: np.ndarray | None = None
 ) -> tuple[np.ndarray, int]:
     depth = matched_depth(queries, items)  # (N, K)
     keys = []
@@ -131,7 +145,8 @@ def _brute_force_rank(
         best = int(depth[n].max())
         if best >= min_depth:
             first_beam = int(np.flatnonzero(depth[n] == best)[0])
-            keys.append((-best, first_beam, n))
+            second = first_beam if score is None else -float(score[n])
+            keys.append((-best, second, n))
     keys.sort()
     return np.array([k[2] for k in keys], dtype=np.int64), len(keys)
 
@@ -152,6 +167,13 @@ def test_sid_index_matches_brute_force() -> None:
         ranked, total = index.rank(queries, min_depth=min_depth, limit=17)
         np.testing.assert_array_equal(ranked, expected[:17])
         assert total == expected_total
+        score = rng.integers(0, 5, size=len(items)).astype(float)  # with ties
+        expected, expected_total = _brute_force_rank(queries, items, min_depth, score)
+        ranked, total = index.rank(
+            queries, min_depth=min_depth, similarity=lambda found, s=score: s[found]
+        )
+        assert total == expected_total
+        np.testing.assert_array_equal(ranked, expected)
 
 
 # ---------------------------------------------------------------- sid_quality

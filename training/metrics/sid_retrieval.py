@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
-__all__ = ["SidIndex"]
+__all__ = ["SID_ORDERS", "SidIndex"]
+
+# How candidates that share a matched depth are ordered (`sidserve evaluate --sid-order`):
+# "beam": rank of the first beam reaching that depth; "dense": similarity of the method's own
+# query and item vectors.
+SID_ORDERS = ("beam", "dense")
 
 
 class SidIndex:
@@ -50,16 +57,22 @@ class SidIndex:
         return found if found is not None else np.empty(0, dtype=np.int64)
 
     def rank(
-        self, query_sids: np.ndarray, min_depth: int = 1, limit: int | None = None
+        self,
+        query_sids: np.ndarray,
+        min_depth: int = 1,
+        limit: int | None = None,
+        similarity: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> tuple[np.ndarray, int]:
         """Rank the items matching a query's beams by prefix depth.
 
         ``query_sids`` is ``(K, L)`` in beam rank order. Candidates are the items whose matched
         depth with at least one beam is >= ``min_depth``, ordered by (maximum matched depth over
         beams, deeper first; rank of the first beam reaching that depth, lower first; item
-        index, lower first). Returns (the ordered int64 item indices, truncated to ``limit`` when
-        given; the number of candidates before truncation). Only the K * L prefixes of the
-        beams are looked up.
+        index, lower first). With ``similarity`` (candidate item indices -> the query's score
+        for each, higher is better) the second key is that score instead of the beam rank: the
+        items of one leaf share a beam rank, so without it they stay in catalog order.
+        Returns (the ordered int64 item indices, truncated to ``limit`` when given; the number
+        of candidates before truncation). Only the K * L prefixes of the beams are looked up.
         """
         q = np.asarray(query_sids)
         if q.ndim != 2 or q.shape[1] != self.levels:
@@ -96,7 +109,15 @@ class SidIndex:
         item_rank = np.concatenate(ranks)
         # np.unique's index is the first occurrence, i.e. the item's best (depth, rank) pair.
         unique_items, first = np.unique(items, return_index=True)
-        order = np.lexsort((unique_items, item_rank[first], -item_depth[first]))
+        if similarity is None:
+            second = item_rank[first]
+        else:
+            second = -np.asarray(similarity(unique_items), dtype=np.float64)
+            if second.shape != unique_items.shape:
+                raise ValueError(
+                    f"similarity returned shape {second.shape} for {unique_items.size} items"
+                )
+        order = np.lexsort((unique_items, second, -item_depth[first]))
         ranked = unique_items[order].astype(np.int64)
         total = int(ranked.size)
         if limit is not None:
