@@ -46,6 +46,17 @@ def test_train_evaluate_assign(tmp_path, capsys):
     assert {"l1_code_acc", "l2_code_acc", "auc_dense_sid", "candidates_mean"} <= m.keys()
     # same catalog as training: how many items the finished model still codes as assigned
     assert 1.0 >= m["l1_assignment_agreement"] >= m["l2_assignment_agreement"] > 0.5
+    # candidates of one depth ordered by the indexer's dense vectors: the same candidate sets
+    # (every one of the 48 products fits in the top 100), so only the order may change
+    assert (
+        main(["evaluate", "--method", "indexer", *common, "--beam", "4", "--sid-order", "dense"])
+        == 0
+    )
+    by_dense = json.loads(out.read_text())
+    assert by_dense["config"]["sid_order"] == "dense"
+    dm = by_dense["metrics"]
+    assert dm["candidates_mean"] == m["candidates_mean"] and dm["recall@100"] == m["recall@100"]
+    assert dm["l1_code_acc"] == m["l1_code_acc"]
     assert main(["evaluate", "--method", "indexer-dense", *common]) == 0
     dense = json.loads(out.read_text())["metrics"]
     # 48 products, every query judged: the trained representation must beat chance by far

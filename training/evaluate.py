@@ -22,6 +22,7 @@ from training.data import (
 )
 from training.methods import METHODS, EvalContext, MethodResult
 from training.metrics import (
+    SID_ORDERS,
     category_ami,
     code_accuracy,
     codebook_stats,
@@ -59,6 +60,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=1,
         help="shallowest prefix match that makes an item a candidate",
+    )
+    s.add_argument(
+        "--sid-order",
+        choices=SID_ORDERS,
+        default="beam",
+        help="order of candidates with the same matched depth: the rank of the first beam "
+        "reaching it, then catalog order (beam, default); or the cosine similarity of the "
+        "method's own query and item vectors (dense: the indexer's dense representation, "
+        "the off-the-shelf embeddings for the two-stage baselines)",
     )
     parser.add_argument("--depth", type=int, default=100, help="ranked items kept per query")
     parser.add_argument("--folds", type=int, default=5, help="relevance-model CV folds")
@@ -174,6 +184,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         beam=args.beam,
         depth=args.depth,
         min_depth=args.min_depth,
+        sid_order=args.sid_order,
         seed=args.seed,
     )
     result = METHODS[args.method](ctx)

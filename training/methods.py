@@ -4,6 +4,7 @@ items semantic codes and queries their top-K catalog paths.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -37,6 +38,7 @@ class EvalContext:
     beam: int = 10
     depth: int = 100
     min_depth: int = 1
+    sid_order: str = "beam"  # see training.metrics.sid_retrieval.SID_ORDERS
     seed: int = 0
 
 
@@ -127,8 +129,13 @@ def _sid_method(
     query_paths: Callable[[], list[np.ndarray]],
     codebook_sizes: list[int],
     timings: dict[str, float],
+    vectors: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> MethodResult:
-    """Shared tail of every SID method: query beams, then prefix-match retrieval."""
+    """Shared tail of every SID method: query beams, then prefix-match retrieval.
+
+    `vectors` gives the method's own unit (query, item) vectors for `--sid-order dense`; by
+    default the off-the-shelf embeddings the two-stage baselines quantise.
+    """
     result = MethodResult(item_sids=item_sids, codebook_sizes=codebook_sizes, timings=timings)
     if ctx.queries is None:
         return result
@@ -136,15 +143,27 @@ def _sid_method(
     result.query_sids = query_paths()
     timings["query_sids_s"] = time.perf_counter() - t
     t = time.perf_counter()
+    query_vecs = item_vecs = None
+    if ctx.sid_order == "dense":
+        query_vecs, item_vecs = vectors() if vectors else (ctx.query_emb, ctx.item_emb)
     index = SidIndex(item_sids)
     ranked, sizes = [], []
-    for beams in result.query_sids:
-        order, count = index.rank(beams, min_depth=ctx.min_depth, limit=ctx.depth)
+    for q, beams in enumerate(result.query_sids):
+        similarity = None
+        if query_vecs is not None and item_vecs is not None:
+            similarity = functools.partial(_similarity, item_vecs, query_vecs[q])
+        order, count = index.rank(
+            beams, min_depth=ctx.min_depth, limit=ctx.depth, similarity=similarity
+        )
         ranked.append(order)
         sizes.append(count)
     timings["sid_retrieval_s"] = time.perf_counter() - t
     result.ranked, result.candidates = ranked, np.asarray(sizes)
     return result
+
+
+def _similarity(items: np.ndarray, query: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    return items[candidates] @ query
 
 
 def _hkmeans(ctx: EvalContext) -> MethodResult:
@@ -254,19 +273,22 @@ def _load_indexer(ctx: EvalContext, method: str):
 
 def _indexer(ctx: EvalContext) -> MethodResult:
     """SID retrieval with the semantic indexer: greedy item codes, trie-constrained beams."""
-    from training.indexer.inference import greedy_codes, query_beams
+    from training.indexer.inference import codes_and_dense, dense_representations, query_beams
     from training.sids import Trie
 
     model, items, queries, assigned = _load_indexer(ctx, "indexer")
     t = time.perf_counter()
-    codes = greedy_codes(model, items)
+    codes, item_vecs = codes_and_dense(model, items)
     timings = {"assign_s": time.perf_counter() - t}
     sizes = [model.cfg.codebook_size] * model.cfg.levels
 
     def paths() -> list[np.ndarray]:
         return [p for p, _ in query_beams(model, queries(), Trie(codes), ctx.beam)]
 
-    result = _sid_method(ctx, codes, paths, sizes, timings)
+    def vectors() -> tuple[np.ndarray, np.ndarray]:
+        return dense_representations(model, queries()), item_vecs
+
+    result = _sid_method(ctx, codes, paths, sizes, timings, vectors)
     if assigned is not None:
         result.metrics.update(assignment_agreement(codes, assigned))
     return result

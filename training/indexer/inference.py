@@ -11,15 +11,24 @@ from training.indexer.trainer import encoded_batches
 from training.sids import Trie
 
 
-@torch.no_grad()
 def greedy_codes(
     model: SemanticIndexer, states: TokenStates, levels: int | None = None, batch_size: int = 256
 ) -> np.ndarray:
     """(N, levels) greedy codes: at each level the best code given the text's own prefix
     (how items get their SIDs). The encoder runs once per batch; the decoder once per level."""
+    return codes_and_dense(model, states, levels, batch_size)[0]
+
+
+@torch.no_grad()
+def codes_and_dense(
+    model: SemanticIndexer, states: TokenStates, levels: int | None = None, batch_size: int = 256
+) -> tuple[np.ndarray, np.ndarray]:
+    """(greedy codes (N, levels), dense vectors (N, D) as `dense_representations`) from one
+    encoder pass."""
     model.eval()
     levels = model.cfg.levels if levels is None else levels
     out = np.zeros((len(states), levels), dtype=np.int64)
+    dense = np.zeros((len(states), model.dim), dtype=np.float32)
     for idx, memory, mask in encoded_batches(model, states, batch_size, "greedy codes"):
         prefix = torch.zeros(len(idx), 0, dtype=torch.long)
         for level in range(levels):
@@ -27,7 +36,8 @@ def greedy_codes(
             best = model.code_logits(reps, level).argmax(-1)
             prefix = torch.cat([prefix, best[:, None]], dim=1)
         out[idx] = prefix.numpy()
-    return out
+        dense[idx] = model.dense(memory, mask).numpy()
+    return out, dense
 
 
 @torch.no_grad()
