@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.report import machine, md_table, write_report  # noqa: E402
-from export.item_table import assign_semantic_codes  # noqa: E402
+from export.item_table import assign_items  # noqa: E402
 from service.bundle import load_bundle  # noqa: E402
 from service.onnx_model import OnnxIndexer, make_session  # noqa: E402
 from service.tokenizer import BundleTokenizer  # noqa: E402
@@ -98,7 +98,7 @@ def assign_rates(bundle, tokenizer, texts: list[str], batch_1_items: int) -> lis
     for batch in (1, 32, 128):
         subset = texts if batch > 1 else [texts[i] for i in sample(len(texts), batch_1_items)]
         t = time.perf_counter()
-        codes = assign_semantic_codes(model, tokenizer, subset, bundle.levels, batch)
+        codes = assign_items(model, tokenizer, subset, bundle.levels, batch)[0]
         seconds = time.perf_counter() - t
         if len(subset) == len(texts):
             same = (codes == bundle.semantic_sids).all(axis=1).mean()

@@ -74,7 +74,7 @@ def _parity_queries(args: argparse.Namespace, judgments, catalog) -> list[str]:
 def export(args: argparse.Namespace) -> dict:
     from export.bundle import finish_bundle, write_item_table
     from export.graphs import EXPORTER, export_graphs
-    from export.item_table import assign_semantic_codes
+    from export.item_table import assign_items
     from export.parity import ParityError, check_parity
     from export.quantize import quantize_graphs
     from service.bundle import DECODER_FILE, ENCODER_FILE, TOKENIZER_FILE, TokenizerSpec
@@ -112,7 +112,7 @@ def export(args: argparse.Namespace) -> dict:
         tokenizer = BundleTokenizer(staging / TOKENIZER_FILE, spec)
         onnx = OnnxIndexer(paths["encoder"], paths["decoder_step"], args.threads)
         t0 = time.perf_counter()
-        codes = assign_semantic_codes(onnx, tokenizer, catalog.texts, cfg.levels, args.batch_size)
+        codes, vectors = assign_items(onnx, tokenizer, catalog.texts, cfg.levels, args.batch_size)
         assign_s = time.perf_counter() - t0
         pick = np.unique(np.linspace(0, len(catalog) - 1, args.parity_items).astype(int))
         report = check_parity(
@@ -122,6 +122,7 @@ def export(args: argparse.Namespace) -> dict:
             tokenizer,
             [catalog.texts[i] for i in pick],
             codes[pick],
+            vectors[pick],
             _parity_queries(args, judgments, catalog),
             codes,
         )
@@ -147,7 +148,7 @@ def export(args: argparse.Namespace) -> dict:
             for role, name in quant["files"].items():  # the bundle serves the int8 graphs only
                 (staging / graphs[role]).unlink()
                 graphs[role] = name
-            codes = assign_semantic_codes(
+            codes, vectors = assign_items(
                 OnnxIndexer(staging / graphs["encoder"], staging / graphs["decoder_step"]),
                 tokenizer,
                 catalog.texts,
@@ -155,7 +156,7 @@ def export(args: argparse.Namespace) -> dict:
                 args.batch_size,
             )
         sids = disambiguate(codes)
-        write_item_table(staging, catalog.ids, sids)
+        write_item_table(staging, catalog.ids, sids, vectors.reshape(len(catalog), model.dim))
         finish_bundle(
             staging,
             out,

@@ -7,27 +7,32 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from service.onnx_model import OnnxIndexer, greedy_codes
+from service.onnx_model import OnnxIndexer, dense_vectors, greedy_steps
 from service.tokenizer import BundleTokenizer, length_batches
 
 
-def assign_semantic_codes(
+def assign_items(
     model: OnnxIndexer,
     tokenizer: BundleTokenizer,
     texts: Sequence[str],
     levels: int,
     batch_size: int = 128,
     progress: bool = True,
-) -> np.ndarray:
-    """(N, levels) greedy codes. Texts are batched by token length (less padding); the
-    result is in input order."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """((N, levels) greedy codes, (N, D) float32 dense vectors) from one encoder pass per
+    batch. Texts are batched by token length (less padding); the result is in input order."""
     from tqdm.auto import tqdm
 
     ids, mask = tokenizer.items(list(texts))  # one pass; batches are slices of it
     out = np.zeros((len(texts), levels), dtype=np.int64)
+    vectors: np.ndarray | None = None
     bar = tqdm(total=len(texts), desc="item SIDs (ONNX Runtime)", unit="item", disable=not progress)
     with bar:
         for idx, batch_ids, batch_mask in length_batches(ids, mask, batch_size):
-            out[idx] = greedy_codes(model, batch_ids, batch_mask, levels)
+            memory = model.encode(batch_ids, batch_mask)
+            out[idx] = greedy_steps(model, batch_ids, batch_mask, levels, memory)[0]
+            if vectors is None:
+                vectors = np.zeros((len(texts), memory.shape[-1]), dtype=np.float32)
+            vectors[idx] = dense_vectors(memory, batch_mask)
             bar.update(len(idx))
-    return out
+    return out, (vectors if vectors is not None else np.zeros((0, 0), dtype=np.float32))

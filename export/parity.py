@@ -1,10 +1,11 @@
 """ONNX Runtime against PyTorch on real texts: the check `sidserve export` runs before it
 writes a bundle, and that the tests run on a tiny model.
 
-Three checks, all required: logits (encoder → every decoder level along the text's own greedy
-path) within `LOGIT_TOLERANCE`; identical greedy item SIDs; identical top-`beam`
-trie-constrained query beams. The PyTorch side tokenises with the checkpoint's `transformers`
-tokenizer and the ONNX side with the bundle's `tokenizers` file, so tokenisation is covered too.
+Four checks, all required: logits (encoder → every decoder level along the text's own greedy
+path) within `LOGIT_TOLERANCE`; identical greedy item SIDs; item dense vectors within
+`VECTOR_TOLERANCE`; identical top-`beam` trie-constrained query beams. The PyTorch side
+tokenises with the checkpoint's `transformers` tokenizer and the ONNX side with the bundle's
+`tokenizers` file, so tokenisation is covered too.
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ from service.onnx_model import OnnxIndexer, greedy_steps
 from service.query_beams import search_beams
 from service.tokenizer import BundleTokenizer
 from service.trie import CompactTrie
-from training.indexer.inference import greedy_codes, query_beams
+from training.indexer.inference import codes_and_dense, query_beams
 from training.indexer.model import SemanticIndexer
 from training.indexer.states import compute_states
 from training.sids import Trie
 
 LOGIT_TOLERANCE = 1e-4
+VECTOR_TOLERANCE = 1e-4
 
 
 class ParityError(ValueError):
@@ -34,6 +36,7 @@ class ParityError(ValueError):
 @dataclass
 class ParityReport:
     max_logit_diff: float = 0.0
+    max_vector_diff: float = 0.0
     items_checked: int = 0
     items_identical: int = 0
     queries_checked: int = 0
@@ -44,6 +47,7 @@ class ParityReport:
     def ok(self) -> bool:
         return (
             self.max_logit_diff <= LOGIT_TOLERANCE
+            and self.max_vector_diff <= VECTOR_TOLERANCE
             and self.items_identical == self.items_checked
             and self.queries_identical == self.queries_checked
         )
@@ -52,6 +56,8 @@ class ParityReport:
         return {
             "max_abs_logit_diff": self.max_logit_diff,
             "logit_tolerance": LOGIT_TOLERANCE,
+            "max_abs_vector_diff": self.max_vector_diff,
+            "vector_tolerance": VECTOR_TOLERANCE,
             "items_identical": f"{self.items_identical}/{self.items_checked}",
             "query_beams_identical": f"{self.queries_identical}/{self.queries_checked}",
         }
@@ -90,12 +96,13 @@ def check_parity(
     tokenizer: BundleTokenizer,
     item_texts: list[str],
     onnx_item_codes: np.ndarray,
+    onnx_item_vectors: np.ndarray,
     query_texts: list[str],
     catalog_codes: np.ndarray,
     beam: int = 10,
 ) -> ParityReport:
-    """`onnx_item_codes` are the ONNX codes of `item_texts`; `catalog_codes` (N, L) make the
-    trie the beams are constrained to."""
+    """`onnx_item_codes` and `onnx_item_vectors` are the ONNX codes and dense vectors of
+    `item_texts`; `catalog_codes` (N, L) make the trie the beams are constrained to."""
     cfg = model.cfg
     report = ParityReport()
     few = min(64, len(item_texts)), min(64, len(query_texts))
@@ -108,7 +115,9 @@ def check_parity(
     states = compute_states(
         model, hf_tokenizer, item_texts, cfg.max_item_tokens, desc="parity items", progress=False
     )
-    torch_codes = greedy_codes(model, states)
+    torch_codes, torch_vectors = codes_and_dense(model, states)
+    if len(torch_vectors):
+        report.max_vector_diff = float(np.abs(torch_vectors - onnx_item_vectors).max())
     same = (torch_codes == onnx_item_codes).all(axis=1)
     report.items_checked, report.items_identical = len(same), int(same.sum())
     report.failures += [f"item {item_texts[i]!r}" for i in np.flatnonzero(~same)[:5]]

@@ -47,7 +47,7 @@ def quantize_graphs(
     graphs; returns the manifest's `quantization` entry (the files to serve, agreement)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from export.item_table import assign_semantic_codes
+    from export.item_table import assign_items
 
     # role -> (fp32 graph, its int8 version)
     roles = {"encoder": (ENCODER_FILE, INT8_ENCODER_FILE)}
@@ -60,7 +60,7 @@ def quantize_graphs(
     int8 = OnnxIndexer(bundle_dir / files["encoder"], bundle_dir / dec, threads)
     pick = np.unique(np.linspace(0, len(texts) - 1, sample).astype(int))
     levels = fp32_codes.shape[1]
-    codes = assign_semantic_codes(int8, tokenizer, [texts[i] for i in pick], levels, progress=False)
+    codes = assign_items(int8, tokenizer, [texts[i] for i in pick], levels, progress=False)[0]
     agree = agreement(codes, fp32_codes[pick])
     l12 = agree.get("l1-2", agree["l1"])
     verdict = "could be the default" if l12 >= DEFAULT_WORTHY else "stays opt-in"

@@ -24,6 +24,7 @@ ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder_step.onnx"
 ITEM_IDS_FILE = "items.ids.txt"
 ITEM_SIDS_FILE = "items.sids.npy"
+ITEM_VECTORS_FILE = "items.vectors.npy"
 
 
 class BundleError(ValueError):
@@ -72,6 +73,8 @@ class Bundle:
     item_ids: list[str]
     item_sids: np.ndarray  # (N, levels + 1) int32: semantic codes, then disambiguation
     cache_entries: int  # decoder key/value cache entries per position (2 x decoder layers)
+    # (N, hidden_size) float32 unit dense vectors of the items; None in bundles without them
+    item_vectors: np.ndarray | None = None
 
     @property
     def semantic_sids(self) -> np.ndarray:
@@ -173,6 +176,28 @@ def _read_item_table(path: Path, manifest: dict[str, Any], levels: int, sizes: l
     return ids, sids
 
 
+def _read_item_vectors(path: Path, manifest: dict[str, Any], hidden: int) -> np.ndarray | None:
+    """The optional `items.vectors` table: float16 on disk, float32 in memory."""
+    name = manifest["items"].get("vectors")
+    if name is None:
+        return None
+    if name not in manifest["files"]:
+        raise ManifestError(f"{path / MANIFEST}: {name} is used but has no checksum")
+    f = path / name
+    try:
+        vectors = np.load(f, allow_pickle=False)
+    except (ValueError, EOFError, OSError) as exc:
+        raise TruncatedFileError(f"{f}: unreadable item vectors ({exc})") from exc
+    count = int(manifest["items"]["count"])
+    if vectors.shape != (count, hidden) or vectors.dtype != np.float16:
+        raise TruncatedFileError(
+            f"{f}: array {vectors.shape} {vectors.dtype}, expected ({count}, {hidden}) float16"
+        )
+    if count and not np.isfinite(vectors).all():
+        raise ManifestError(f"{f}: item vectors that are not finite")
+    return vectors.astype(np.float32)
+
+
 def load_bundle(path: str | Path, checksums: bool = True) -> Bundle:
     """Read and validate a bundle. `checksums=False` skips hashing (sizes are still checked)."""
     path = Path(path)
@@ -191,15 +216,17 @@ def load_bundle(path: str | Path, checksums: bool = True) -> Bundle:
         if name not in manifest["files"]:
             raise ManifestError(f"{path / MANIFEST}: {name} is used but has no checksum")
     ids, sids = _read_item_table(path, manifest, levels, sizes)
+    hidden = int(_require(manifest, "hidden_size", path))
     return Bundle(
         path=path,
         manifest=manifest,
         model_version=str(_require(manifest, "model_version", path)),
         levels=levels,
         codebook_sizes=sizes,
-        hidden_size=int(_require(manifest, "hidden_size", path)),
+        hidden_size=hidden,
         tokenizer=spec,
         item_ids=ids,
         item_sids=sids,
         cache_entries=int(_require(manifest, "decoder", path)["cache_entries"]),
+        item_vectors=_read_item_vectors(path, manifest, hidden),
     )

@@ -54,13 +54,25 @@ def empty_past(batch: int, beams: int, entries: int, hidden: int) -> np.ndarray:
     return np.zeros((batch, beams, entries, 0, hidden), dtype=np.float32)
 
 
+def dense_vectors(memory: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """(B, D) float32: each text's mean encoder state over its own tokens, L2-normalised, the
+    indexer's dense representation (`SemanticIndexer.dense`). A row is averaged over its real
+    tokens only, so a text gets the same vector alone and in any padded batch."""
+    out = np.zeros((len(memory), memory.shape[-1]), dtype=np.float32)
+    for i, keep in enumerate(np.asarray(mask, dtype=bool)):
+        if keep.any():
+            out[i] = memory[i][keep].mean(axis=0, dtype=np.float32)
+    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
+
 def greedy_steps(
-    model, ids: np.ndarray, mask: np.ndarray, levels: int
+    model, ids: np.ndarray, mask: np.ndarray, levels: int, memory: np.ndarray | None = None
 ) -> tuple[np.ndarray, list[np.ndarray]]:
     """Greedy decoding: at each level the best code given the text's own prefix (how items get
     their SIDs; no trie, an item may open a new path). Returns (codes (B, levels), the logits
-    (B, K) of every level)."""
-    memory = model.encode(ids, mask)
+    (B, K) of every level). `memory`: the encoder states of `ids`, when already computed."""
+    if memory is None:
+        memory = model.encode(ids, mask)
     prefix = np.zeros((len(ids), 1, levels), dtype=np.int64)
     past = None
     steps = []

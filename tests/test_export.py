@@ -44,6 +44,7 @@ def test_bundle_is_complete_and_valid(tiny_export):
         "decoder_step.onnx",
         "items.ids.txt",
         "items.sids.npy",
+        "items.vectors.npy",
     }
     assert len(bundle.item_ids) == 48 and bundle.item_sids.shape == (48, 3)
     assert len(np.unique(bundle.item_sids, axis=0)) == 48  # unique after disambiguation
@@ -55,7 +56,7 @@ def test_bundle_is_complete_and_valid(tiny_export):
 def test_item_table_matches_pytorch_greedy_codes(tiny_export):
     from training.data import load_catalog
     from training.indexer.checkpoint import load_checkpoint
-    from training.indexer.inference import greedy_codes
+    from training.indexer.inference import dense_representations, greedy_codes
     from training.indexer.states import compute_states
     from training.sids import disambiguate
 
@@ -66,10 +67,17 @@ def test_item_table_matches_pytorch_greedy_codes(tiny_export):
     bundle = load_bundle(tiny_export["bundle"])
     assert bundle.item_ids == catalog.ids
     np.testing.assert_array_equal(bundle.item_sids, want)
+    # the items' dense vectors: the checkpoint's own representation, stored as float16
+    assert bundle.item_vectors is not None
+    want_vectors = dense_representations(model, states)
+    assert bundle.item_vectors.shape == want_vectors.shape == (len(catalog), bundle.hidden_size)
+    np.testing.assert_allclose(bundle.item_vectors, want_vectors, atol=2e-3)
+    np.testing.assert_allclose(np.linalg.norm(bundle.item_vectors, axis=1), 1.0, atol=2e-3)
 
 
 def test_beam_parity_over_a_full_trie(tiny_export):
     """The catalog of a random model uses few paths; check beams where every path exists."""
+    from export.item_table import assign_items
     from export.parity import check_parity
     from service.bundle import load_bundle
     from service.onnx_model import OnnxIndexer
@@ -84,10 +92,17 @@ def test_beam_parity_over_a_full_trie(tiny_export):
     texts = load_catalog(tiny_export["catalog"]).texts
     every_path = np.array([(a, b) for a in range(8) for b in range(8)])
     items = bundle.item_sids[:, :2].astype(np.int64)
-    report = check_parity(model, tok, onnx, tokenizer, texts, items, texts, every_path, beam=10)
+    vectors = assign_items(onnx, tokenizer, texts, 2, progress=False)[1]
+    report = check_parity(
+        model, tok, onnx, tokenizer, texts, items, vectors, texts, every_path, beam=10
+    )
     assert report.ok, report.summary()
     assert report.queries_identical == len(texts)
-    assert report.max_logit_diff < 1e-4
+    assert report.max_logit_diff < 1e-4 and report.max_vector_diff < 1e-4
+    # a wrong vector fails the check
+    vectors[0] = -vectors[0]
+    bad = check_parity(model, tok, onnx, tokenizer, texts, items, vectors, texts, every_path)
+    assert not bad.ok and bad.max_vector_diff > 0.01
 
 
 def test_tokenizer_json_matches_transformers(tiny_export):
@@ -176,7 +191,7 @@ def test_int8_export_reports_agreement(tiny_export, tmp_path, capsys, mode, deco
     assert summary["model_version"] != tiny_export["summary"]["model_version"]
     # the item table is what the served graphs assign (same batches: dynamic int8 scales
     # activations per batch, so the batch a text is computed in can change its codes)
-    from export.item_table import assign_semantic_codes
+    from export.item_table import assign_items
     from service.onnx_model import OnnxIndexer
     from service.tokenizer import BundleTokenizer
     from training.data import load_catalog
@@ -184,7 +199,7 @@ def test_int8_export_reports_agreement(tiny_export, tmp_path, capsys, mode, deco
     model = OnnxIndexer(bundle.encoder_path, bundle.decoder_path)
     tok = BundleTokenizer(bundle.file("tokenizer.json"), bundle.tokenizer)
     texts = load_catalog(tiny_export["catalog"]).texts
-    codes = assign_semantic_codes(model, tok, texts, bundle.levels, progress=False)
+    codes = assign_items(model, tok, texts, bundle.levels, progress=False)[0]
     assert np.array_equal(codes, bundle.item_sids[:, : bundle.levels])
 
 
@@ -214,6 +229,21 @@ def test_truncated_item_table(tiny_export, tmp_path):
     (b / "items.sids.npy").write_bytes(data[: len(data) - 40])
     with pytest.raises(TruncatedFileError, match="items.sids.npy"):
         load_bundle(b)
+
+
+def test_item_vectors_are_checked_and_optional(tiny_export, tmp_path):
+    b = clone_bundle(tiny_export["bundle"], tmp_path / "b")
+    vectors = np.load(b / "items.vectors.npy")
+    # the right size on disk, the wrong layout: half the rows, twice the columns
+    np.save(b / "items.vectors.npy", vectors.reshape(len(vectors) // 2, -1))
+    with pytest.raises(TruncatedFileError, match=r"items.vectors.npy.*expected \(48, 384\)"):
+        load_bundle(b, checksums=False)
+    # a bundle from before item vectors (no entry, no file) still loads, without them
+    (b / "items.vectors.npy").unlink()
+    m = json.loads((b / "manifest.json").read_text())
+    del m["items"]["vectors"], m["files"]["items.vectors.npy"]
+    (b / "manifest.json").write_text(json.dumps(m))
+    assert load_bundle(b).item_vectors is None
 
 
 def test_unknown_format_version(tiny_export, tmp_path):
