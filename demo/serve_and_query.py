@@ -39,7 +39,9 @@ def main() -> int:
         for s in data["results"][0]["sids"]:
             print(f"  SID {s['sid']:>10}  log p {s['log_prob']:7.3f}")
         for c in data["results"][0]["candidates"]:
-            print(f"  {c['sid']:>12}  depth {c['max_depth']}  {titles.get(c['item_id'], '?')}")
+            sim = "  –  " if c["similarity"] is None else f"{c['similarity']:5.2f}"
+            title = titles.get(c["item_id"], "?")
+            print(f"  {c['sid']:>12}  depth {c['max_depth']}  cos {sim}  {title}")
     return 0
 
 

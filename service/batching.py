@@ -19,17 +19,25 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 
 from service.backends.base import InferenceBackend
 from service.metrics import Metrics
+from service.onnx_model import dense_vectors
 from service.query_beams import beams_for_memory
 from service.trie import CompactTrie
 
 T = TypeVar("T")
-Beams = tuple[np.ndarray, np.ndarray]  # (paths (k, L), log-probabilities (k,))
+
+
+class Beams(NamedTuple):
+    """One query's search result."""
+
+    paths: np.ndarray  # (k, L) best first
+    log_probs: np.ndarray  # (k,)
+    vector: np.ndarray  # (D,) the query's unit dense vector (from the same encoder states)
 
 
 class Overloaded(Exception):
@@ -182,4 +190,5 @@ class QueryBatcher:
             result = beams_for_memory(
                 self.backend.decode_step, memory, mask, self.trie, beam, self.backend.cache_entries
             )
-        return list(result)
+        vectors = dense_vectors(memory, mask)
+        return [Beams(paths, logp, v) for (paths, logp), v in zip(result, vectors, strict=True)]

@@ -7,6 +7,8 @@ Limits that depend on the deployment (batch sizes, text length, beam width) are 
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
@@ -45,6 +47,12 @@ class QuerySidsRequest(SearchOptions):
 
     query: str | None = Field(None, description="a single search query")
     queries: list[str] | None = Field(None, description="a batch of search queries")
+    order: Literal["similarity", "beam"] | None = Field(
+        None,
+        description="order of candidates with the same max_depth: 'similarity' (the query's "
+        "cosine with the item's dense vector, best first) or 'beam' (best_rank, then catalog "
+        "order); default 'similarity' when the bundle has item vectors, else 'beam'",
+    )
 
     @field_validator("query")
     @classmethod
@@ -88,6 +96,10 @@ class Candidate(BaseModel):
     prefix_score: float = Field(description="DSIRM score: 0 at depth 0, else 2^(depth - L)")
     best_rank: int | None = Field(description="first query SID reaching max_depth")
     best_log_prob: float | None = Field(description="log-probability of that SID")
+    similarity: float | None = Field(
+        description="cosine of the query's and the item's dense vectors; null when the item "
+        "has none (a bundle without vectors, or an item upserted after export)"
+    )
 
 
 class QueryResult(BaseModel):
@@ -164,6 +176,7 @@ class RelevanceItem(BaseModel):
     prefix_score: float | None = None
     best_rank: int | None = None
     best_log_prob: float | None = None
+    similarity: float | None = None
 
 
 class RelevanceResponse(BaseModel):

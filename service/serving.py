@@ -80,6 +80,8 @@ class SidService:
         self.metrics = metrics or Metrics()
         self.levels = bundle.levels
         self.tokenizer = BundleTokenizer(bundle.file(bundle.tokenizer.file), bundle.tokenizer)
+        self.vectors = bundle.item_vectors  # (N, D) float32 or None
+        self._vector_row = {item_id: n for n, item_id in enumerate(bundle.item_ids)}
         self._paths = np.unique(bundle.semantic_sids, axis=0)
         trie = CompactTrie.from_codes(self._paths, bundle.codebook_sizes)
         self.batcher = QueryBatcher(
@@ -102,11 +104,12 @@ class SidService:
             }
         )
         log.info(
-            "bundle %s: %d items, %d paths, trie %.1f bytes/item",
+            "bundle %s: %d items, %d paths, trie %.1f bytes/item, item vectors %s",
             bundle.model_version,
             len(bundle.item_ids),
             len(self._paths),
             trie.bytes_per_item(),
+            "none" if self.vectors is None else f"{self.vectors.nbytes / 2**20:.1f} MiB",
         )
 
     @classmethod
@@ -185,17 +188,20 @@ class SidService:
             "queries" if req.queries is not None else "query", texts, self.settings.max_queries
         )
         self._check_search(req.beam_width, req.candidates, req.min_depth)
+        by_similarity = self._order(req.order) == "similarity"
         beams = await self._beams(texts, req.beam_width)
-        tops = [(paths[: req.top_k], logp[: req.top_k]) for paths, logp in beams]
+        tops = [(b.paths[: req.top_k], b.log_probs[: req.top_k]) for b in beams]
         found: list[tuple[list[str], np.ndarray]] = [([], np.zeros((0, self.levels + 1)))] * len(
             texts
         )
         if req.candidates > 0:
+            # ordering by similarity needs a pool to choose from, read in the beam order
+            pool = req.candidates
+            if by_similarity:
+                pool = max(pool, self.settings.rerank_pool)
             t0 = time.perf_counter()
             found = await self._bounded(
-                self.store.candidates_many(
-                    [paths for paths, _ in tops], req.candidates, req.min_depth
-                ),
+                self.store.candidates_many([paths for paths, _ in tops], pool, req.min_depth),
                 self.settings.store_timeout_s,
                 "store",
             )
@@ -205,34 +211,84 @@ class SidService:
             {
                 "query": text,
                 "sids": self._sids(paths, logp, req.top_k),
-                "candidates": self._candidates(paths, logp, ids, sids),
+                "candidates": self._candidates(
+                    paths,
+                    logp,
+                    ids,
+                    sids,
+                    self._similarity(b.vector, ids, sids),
+                    by_similarity,
+                    req.candidates,
+                ),
             }
-            for text, (paths, logp), (ids, sids) in zip(texts, tops, found, strict=True)
+            for text, b, (paths, logp), (ids, sids) in zip(texts, beams, tops, found, strict=True)
         ]
         self.metrics.stage_seconds.labels("scoring").observe(time.perf_counter() - t0)
         return {"model_version": self.model_version, "results": results}
 
+    def _order(self, requested: str | None) -> str:
+        if requested is None:
+            return "beam" if self.vectors is None else "similarity"
+        if requested == "similarity" and self.vectors is None:
+            raise LimitError(
+                "order",
+                f"'similarity' needs item vectors, and bundle {self.model_version} has none "
+                "(exported before they were added): use 'beam' or re-export",
+            )
+        return requested
+
+    def _similarity(self, query: np.ndarray, ids: list[str], sids: np.ndarray) -> np.ndarray:
+        """(n,) cosine of the query's vector with each item's; NaN for items without one.
+
+        Vectors come from the bundle, so an item has one only while the store still holds
+        the bundle's SID for it: one upserted since (new, or moved by a changed text) has
+        none, and every replica sees that the same way, through the shared store."""
+        out = np.full(len(ids), np.nan)
+        if self.vectors is None or not ids:
+            return out
+        rows = np.array([self._vector_row.get(i, -1) for i in ids])
+        known = rows >= 0
+        known[known] = (self.bundle.item_sids[rows[known]] == sids[known]).all(axis=1)
+        out[known] = self.vectors[rows[known]] @ query
+        return out
+
     @staticmethod
     def _candidates(
-        paths: np.ndarray, logp: np.ndarray, ids: list[str], sids: np.ndarray
+        paths: np.ndarray,
+        logp: np.ndarray,
+        ids: list[str],
+        sids: np.ndarray,
+        similarity: np.ndarray,
+        by_similarity: bool,
+        limit: int,
     ) -> list[dict[str, Any]]:
-        """`protocol.Candidate` rows as plain dicts."""
+        """`protocol.Candidate` rows as plain dicts, the first `limit` of the order asked for
+        (the store's order is the beam order)."""
         if not ids:
             return []
         f = prefix_features(paths, logp, sids)
-        depth, best, score = f.depth.tolist(), f.max_depth.tolist(), f.score.tolist()
-        rank, lp = f.best_rank.tolist(), f.best_log_prob.tolist()
+        order = np.arange(len(ids))
+        if by_similarity:  # max_depth first; then similarity, items without one last
+            worst_first = np.where(np.isnan(similarity), np.inf, -similarity)
+            order = np.lexsort((order, worst_first, -f.max_depth))
+        order = order[:limit]
+        # only the returned rows become Python objects (the pool may be 10x larger)
+        depth, best, score = f.depth[order].tolist(), f.max_depth[order], f.score[order]
+        rank, lp, sim = f.best_rank[order], f.best_log_prob[order], similarity[order]
+        best, score, rank = best.tolist(), score.tolist(), rank.tolist()
+        lp, sim, rows = lp.tolist(), sim.tolist(), sids[order].tolist()
         return [
             {
-                "item_id": item_id,
-                "sid": format_sid(row),
-                "matched_depth": depth[n],
-                "max_depth": best[n],
-                "prefix_score": score[n],
-                "best_rank": rank[n] if rank[n] >= 0 else None,
-                "best_log_prob": lp[n] if rank[n] >= 0 else None,
+                "item_id": ids[n],
+                "sid": format_sid(rows[k]),
+                "matched_depth": depth[k],
+                "max_depth": best[k],
+                "prefix_score": score[k],
+                "best_rank": rank[k] if rank[k] >= 0 else None,
+                "best_log_prob": lp[k] if rank[k] >= 0 else None,
+                "similarity": None if sim[k] != sim[k] else sim[k],  # NaN: no vector
             }
-            for n, (item_id, row) in enumerate(zip(ids, sids.tolist(), strict=True))
+            for k, n in enumerate(order.tolist())
         ]
 
     async def relevance(self, req: p.RelevanceRequest) -> p.RelevanceResponse:
@@ -243,8 +299,8 @@ class SidService:
                 "item_ids",
                 f"{len(req.item_ids)} given, at most {self.settings.max_relevance_items}",
             )
-        ((paths, logp),) = await self._beams([req.query], req.beam_width)
-        paths, logp = paths[: req.top_k], logp[: req.top_k]
+        (beams,) = await self._beams([req.query], req.beam_width)
+        paths, logp = beams.paths[: req.top_k], beams.log_probs[: req.top_k]
         t0 = time.perf_counter()
         stored = await self._bounded(
             self.store.get_sids(req.item_ids), self.settings.store_timeout_s, "store"
@@ -253,6 +309,7 @@ class SidService:
         known = [i for i, s in enumerate(stored) if s is not None]
         sids = np.array([stored[i] for i in known]).reshape(len(known), self.levels + 1)
         f = prefix_features(paths, logp, sids)
+        similarity = self._similarity(beams.vector, [req.item_ids[i] for i in known], sids)
         items = [p.RelevanceItem(item_id=i, found=False) for i in req.item_ids]
         for n, i in enumerate(known):
             items[i] = p.RelevanceItem(
@@ -264,6 +321,7 @@ class SidService:
                 prefix_score=float(f.score[n]),
                 best_rank=int(f.best_rank[n]) if f.best_rank[n] >= 0 else None,
                 best_log_prob=float(f.best_log_prob[n]) if f.best_rank[n] >= 0 else None,
+                similarity=None if np.isnan(similarity[n]) else float(similarity[n]),
             )
         return p.RelevanceResponse(
             model_version=self.model_version,

@@ -29,6 +29,12 @@ class Settings(BaseSettings):
     max_text_chars: int = Field(2000, ge=1, description="characters per query or item text")
     max_beam_width: int = Field(64, ge=1)
     max_candidates: int = Field(1000, ge=0)
+    rerank_pool: int = Field(
+        500,
+        ge=1,
+        description="candidates read from the store and ordered by similarity, of which "
+        "the first `candidates` are returned (order 'similarity')",
+    )
     # micro-batching of queries (embedded and Triton backends alike)
     batch_max_queries: int = Field(8, ge=1, description="queries per decoder batch")
     batch_max_wait_ms: float = Field(

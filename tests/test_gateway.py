@@ -49,7 +49,8 @@ def offline_beams(bundle_dir: Path, texts: list[str], beam: int):
 
 
 def test_query_sids_matches_offline_search_and_ranks_candidates(client, bundle_dir):
-    r = client.post("/v1/query/sids", json={"query": QUERIES[0], "beam_width": 5, "top_k": 3})
+    body = {"query": QUERIES[0], "beam_width": 5, "top_k": 3, "order": "beam"}
+    r = client.post("/v1/query/sids", json=body)
     assert r.status_code == 200, r.text
     body = r.json()
     # the hand-built body is exactly the documented response model
@@ -78,6 +79,68 @@ def test_query_sids_matches_offline_search_and_ranks_candidates(client, bundle_d
         keys.append((-c["max_depth"], c["best_rank"]))
     assert keys == sorted(keys)
     assert 0 < len(res["candidates"]) <= 100
+
+
+def torch_vectors(tiny_export, texts: list[str], max_tokens: str) -> np.ndarray:
+    """The checkpoint's own dense representation of `texts`, in PyTorch (not the gateway's
+    numpy pooling of ONNX states)."""
+    from training.indexer.checkpoint import load_checkpoint
+    from training.indexer.inference import dense_representations
+    from training.indexer.states import compute_states
+
+    model, tok, _, _ = load_checkpoint(tiny_export["checkpoint"])
+    limit = getattr(model.cfg, max_tokens)
+    return dense_representations(model, compute_states(model, tok, texts, limit, progress=False))
+
+
+def test_candidates_ordered_by_similarity_within_a_depth(client, bundle_dir, tiny_export):
+    bundle = load_bundle(bundle_dir)
+    query = {"queries": QUERIES, "beam_width": 5, "top_k": 3}
+    by_sim = client.post("/v1/query/sids", json=query).json()  # the default with vectors
+    by_beam = client.post("/v1/query/sids", json={**query, "order": "beam"}).json()
+    row = {item_id: n for n, item_id in enumerate(bundle.item_ids)}
+    items = torch_vectors(tiny_export, load_catalog_texts(tiny_export), "max_item_tokens")
+    queries = torch_vectors(tiny_export, QUERIES, "max_query_tokens")
+    reordered = 0
+    for q, sim_res, beam_res in zip(queries, by_sim["results"], by_beam["results"], strict=True):
+        cands = sim_res["candidates"]
+        # the same candidates (all 48 items fit in 100), only their order differs
+        assert sorted(c["item_id"] for c in cands) == sorted(
+            c["item_id"] for c in beam_res["candidates"]
+        )
+        want = [float(items[row[c["item_id"]]] @ q) for c in cands]
+        np.testing.assert_allclose([c["similarity"] for c in cands], want, atol=2e-3)
+        keys = [(-c["max_depth"], -c["similarity"]) for c in cands]
+        assert keys == sorted(keys)
+        reordered += [c["item_id"] for c in cands] != [c["item_id"] for c in beam_res["candidates"]]
+    assert reordered  # the orders do differ somewhere, so the check above has teeth
+
+
+def load_catalog_texts(tiny_export) -> list[str]:
+    from training.data import load_catalog
+
+    return load_catalog(tiny_export["catalog"]).texts
+
+
+def test_bundle_without_vectors_falls_back_to_beam_order(bundle_dir, tmp_path):
+    import json
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(bundle_dir, old)
+    (old / "items.vectors.npy").unlink()
+    m = json.loads((old / "manifest.json").read_text())
+    del m["items"]["vectors"], m["files"]["items.vectors.npy"]
+    (old / "manifest.json").write_text(json.dumps(m))
+    with TestClient(create_app(Settings(bundle=old))) as c:
+        r = c.post("/v1/query/sids", json={"query": QUERIES[0]})
+        assert r.status_code == 200, r.text
+        cands = r.json()["results"][0]["candidates"]
+        assert cands and all(x["similarity"] is None for x in cands)
+        keys = [(-x["max_depth"], x["best_rank"]) for x in cands]
+        assert keys == sorted(keys)
+        r = c.post("/v1/query/sids", json={"query": QUERIES[0], "order": "similarity"})
+        assert r.status_code == 422 and "order" in r.json()["message"], r.text
 
 
 def test_batch_equals_singles_and_sids_only(client):
@@ -173,6 +236,21 @@ def test_encode_matches_table_and_upsert_makes_items_retrievable(client, bundle_
     r2 = client.post("/v1/items/encode", json={"items": [moved], "upsert": True}).json()
     rel = client.post("/v1/relevance", json={"query": "lamp", "item_ids": ["new-1"]}).json()
     assert rel["items"][0]["sid"] == r2["items"][0]["sid"]
+    # upserted items have no dense vector (the bundle's are of the exported texts)
+    assert rel["items"][0]["similarity"] is None
+
+    # a catalog item whose stored SID is no longer the bundle's (moved by a changed text)
+    # loses its bundle vector; the others keep theirs. Every text of the tiny random model
+    # gets the same path, so the move is simulated on the store's answer.
+    svc: SidService = client.app.state.service
+    query = np.ones(bundle.hidden_size, dtype=np.float32) / np.sqrt(bundle.hidden_size)
+    ids = [catalog.ids[0], catalog.ids[1]]
+    stored = bundle.item_sids[:2].copy()
+    sims = svc._similarity(query, ids, stored)
+    np.testing.assert_allclose(sims, bundle.item_vectors[:2] @ query, rtol=1e-6)
+    stored[0, -1] += 100  # another disambiguation code: the store's SID is not the bundle's
+    moved = svc._similarity(query, ids, stored)
+    assert np.isnan(moved[0]) and moved[1] == pytest.approx(sims[1], rel=1e-6)
 
 
 @pytest.mark.parametrize(
