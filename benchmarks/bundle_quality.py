@@ -3,6 +3,10 @@ queries of Home Depot go through each bundle's tokenizer, graphs and trie-constr
 search (`service.query_beams.search_beams`, beam 10), and the items under the top-10 SIDs are
 ranked by matched depth then beam rank (the same `SidIndex` rule as `sidserve evaluate`).
 
+For a bundle with item vectors a second row asks the gateway itself (`POST
+/v1/query/sids`, in process, default settings, 100 candidates) with `"order": "similarity"`: the
+candidates of one matched depth ordered by the query-item cosine, which is what its clients get.
+
 Use it to compare a bundle with its quantised variants: int8 changes some answers, and this
 says whether it changes their quality. Writes benchmarks/results/bundle-quality.md.
 
@@ -12,6 +16,7 @@ says whether it changes their quality. Writes benchmarks/results/bundle-quality.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from datetime import UTC, datetime
@@ -23,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import machine, md_table, write_report  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = ROOT / "benchmarks" / "results" / "bundle-quality.md"
 METRICS = ["recall@1", "recall@10", "recall@100", "mrr@100", "ndcg@10"]
 
 
@@ -50,7 +56,25 @@ def run_bundle(path: Path, texts: list[str], beam: int, threads: int) -> dict:
         "sids": sids,
         "paths": [p for p, _ in beams],
         "seconds": seconds,
+        "has_vectors": b.item_vectors is not None,
     }
+
+
+def gateway_candidates(path: Path, texts: list[str], order: str) -> list[list[str]]:
+    """The item ids `POST /v1/query/sids` returns for each text (in process, 100 candidates)."""
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    out: list[list[str]] = []
+    with TestClient(create_app(Settings(bundle=path, verify_checksums=False))) as client:
+        for start in range(0, len(texts), 64):
+            body = {"queries": texts[start : start + 64], "candidates": 100, "order": order}
+            r = client.post("/v1/query/sids", json=body)
+            r.raise_for_status()
+            out += [[c["item_id"] for c in res["candidates"]] for res in r.json()["results"]]
+    return out
 
 
 def main() -> int:
@@ -64,9 +88,7 @@ def main() -> int:
     p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     p.add_argument("--beam", type=int, default=10)
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads")
-    p.add_argument(
-        "--out", type=Path, default=ROOT / "benchmarks" / "results" / "bundle-quality.md"
-    )
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = p.parse_args()
     catalog = load_catalog(args.data / "homedepot" / "products.csv.gz")
     judgments = load_judgments(args.data / "homedepot" / "judgments.csv.gz", catalog)
@@ -83,6 +105,13 @@ def main() -> int:
         index = SidIndex(sids)
         ranked = [index.rank(paths, limit=100)[0] for paths in run["paths"]]
         metrics = retrieval_metrics(ranked, queries.judged)
+        by_similarity = None
+        if run["has_vectors"]:
+            got = gateway_candidates(path, queries.texts, "similarity")
+            by_similarity = retrieval_metrics(
+                [np.array([index_of[i] for i in ids], dtype=np.int64) for ids in got],
+                queries.judged,
+            )
         first = runs[0] if runs else run
         same_top = np.mean(
             [
@@ -96,6 +125,7 @@ def main() -> int:
             [
                 f"`{path}`",
                 run["graphs"],
+                "beam (`SidIndex`)",
                 *(f"{metrics[m]:.4f}" for m in METRICS),
                 f"{same_top:.2f}",
                 " / ".join(f"{s:.3f}" for s in same_items),
@@ -103,6 +133,22 @@ def main() -> int:
             ]
         )
         print(rows[-1], flush=True)
+        if by_similarity is not None:
+            rows.append(
+                [
+                    f"`{path}`",
+                    run["graphs"],
+                    "similarity (gateway)",
+                    *(f"{by_similarity[m]:.4f}" for m in METRICS),
+                    "",
+                    "",
+                    "",
+                ]
+            )
+            print(rows[-1], flush=True)
+    from service.settings import Settings
+
+    pool = Settings(bundle=args.bundle[0]).rerank_pool  # SIDSERVE_RERANK_POOL or the default
     lines = [
         "# Bundle retrieval quality (through the gateway's engine)",
         "",
@@ -110,11 +156,15 @@ def main() -> int:
         f"- machine: {machine()}",
         "- command: `python benchmarks/bundle_quality.py "
         + " ".join(f"--bundle {b}" for b in args.bundle)
+        + ("" if args.out == DEFAULT_OUT else f" --out {os.path.relpath(args.out, ROOT)}")
         + "`",
         f"- queries: the {len(queries)} distinct dev-split queries of Home Depot (judged items "
         f"graded >= 2.5 are relevant; {metrics['n_queries']} queries have one); beam "
         f"{args.beam}, candidates ranked by matched depth then beam rank, as `sidserve "
-        "evaluate --method indexer`; ONNX Runtime with "
+        "evaluate --method indexer` (rows *beam*), or by the gateway with "
+        '`"order": "similarity"` (rows *similarity*: as `--sid-order dense`, from the '
+        f"bundle's float16 item vectors, among the first {pool:,} candidates in beam order); "
+        "ONNX Runtime with "
         f"{args.threads} thread(s), batches of 64 queries",
         "- *same top-10*: share of queries whose top-10 SIDs equal the first bundle's; *same "
         "item SIDs*: share of catalog items whose first 1 / 2 / 3 codes equal the first "
@@ -124,6 +174,7 @@ def main() -> int:
             [
                 "bundle",
                 "graphs",
+                "candidate order",
                 *METRICS,
                 "same top-10",
                 "same item SIDs (l1 / l1-2 / l1-3)",

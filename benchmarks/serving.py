@@ -185,10 +185,17 @@ def main() -> int:
     p.add_argument(
         "--threads", type=int, help="SIDSERVE_ONNX_THREADS of the gateway (default: its own)"
     )
+    p.add_argument(
+        "--order",
+        choices=["similarity", "beam"],
+        help="candidate order sent with every query (default: the gateway's own)",
+    )
     p.add_argument("--hf-queries-b1", type=int, default=100)
     p.add_argument("--hf-batches-b32", type=int, default=4)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "serving.md")
     args = p.parse_args()
+    if args.order:
+        SEARCH["order"] = args.order
     started = time.perf_counter()
     queries, titles = dev_queries(args.data)
     with tempfile.TemporaryDirectory(prefix="sidserve-serving-") as tmp:
