@@ -193,6 +193,7 @@ def test_concurrent_requests_are_batched_and_exact(bundle_dir):
         ({"query": "drill", "candidates": -1}, "candidates"),
         ({"query": "drill", "min_depth": 3}, "min_depth"),
         ({"query": "drill", "beams": 4}, "beams"),
+        ({"query": "drill", "order": "random"}, "order"),
         ({"query": "a", "queries": ["b"]}, "query"),
         ({}, "query"),
     ],
