@@ -156,7 +156,7 @@ def export(args: argparse.Namespace) -> dict:
                 args.batch_size,
             )
         sids = disambiguate(codes)
-        write_item_table(staging, catalog.ids, sids, vectors.reshape(len(catalog), model.dim))
+        write_item_table(staging, catalog.ids, sids, vectors)
         finish_bundle(
             staging,
             out,

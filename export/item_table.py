@@ -25,14 +25,12 @@ def assign_items(
 
     ids, mask = tokenizer.items(list(texts))  # one pass; batches are slices of it
     out = np.zeros((len(texts), levels), dtype=np.int64)
-    vectors: np.ndarray | None = None
+    vectors = np.zeros((len(texts), model.hidden), dtype=np.float32)
     bar = tqdm(total=len(texts), desc="item SIDs (ONNX Runtime)", unit="item", disable=not progress)
     with bar:
         for idx, batch_ids, batch_mask in length_batches(ids, mask, batch_size):
             memory = model.encode(batch_ids, batch_mask)
             out[idx] = greedy_steps(model, batch_ids, batch_mask, levels, memory)[0]
-            if vectors is None:
-                vectors = np.zeros((len(texts), memory.shape[-1]), dtype=np.float32)
             vectors[idx] = dense_vectors(memory, batch_mask)
             bar.update(len(idx))
-    return out, (vectors if vectors is not None else np.zeros((0, 0), dtype=np.float32))
+    return out, vectors

@@ -26,6 +26,7 @@ class OnnxIndexer:
         self.decoder = make_session(decoder, threads)
         past = next(i for i in self.decoder.get_inputs() if i.name == "past")
         self.cache_entries = int(past.shape[2])  # 2 x decoder layers (keys, values)
+        self.hidden = int(past.shape[4])  # width of the encoder states
 
     def encode(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         return self.encoder.run(["memory"], {"input_ids": ids, "attention_mask": mask})[0]
