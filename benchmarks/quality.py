@@ -195,12 +195,10 @@ def main() -> int:
     commands: list[str] = []
     walls: list[tuple[str, float, dict]] = []
 
-    def run_all(name: str, data_args: list[str], runs: list[tuple[str, list[str]]]) -> list:
+    def run_all(name: str, data_args: list[str], runs: list[tuple[str, str, list[str]]]) -> list:
+        """`runs`: (row label, method, its other evaluate arguments)."""
         rows = []
-        for label, extra in runs:
-            method = label.removesuffix(DENSE_ORDER)
-            if label != method:
-                extra = [*extra, "--sid-order", "dense"]
+        for label, method, extra in runs:
             stem = label.replace(DENSE_ORDER, "-dense-order")
             report, wall, shown = run_evaluate(
                 ["--method", method, *data_args, *extra], a.reports / f"{name}-{stem}.json"
@@ -210,20 +208,24 @@ def main() -> int:
             walls.append((f"{name} {label}", wall, report["timings"]))
         return rows
 
-    hd_runs = [(m, []) for m in a.methods]
+    hd_runs = [(m, m, []) for m in a.methods]
     if a.indexer:
         ck = ["--checkpoint", str(a.indexer.resolve())]
-        hd_runs += [("indexer", ck), ("indexer-dense", ck)]
+        hd_runs += [("indexer", "indexer", ck), ("indexer-dense", "indexer-dense", ck)]
     if not a.no_dense_order:
-        hd_runs += [(m + DENSE_ORDER, x) for m, x in list(hd_runs) if m in SID_METHODS]
+        hd_runs += [
+            (m + DENSE_ORDER, m, [*x, "--sid-order", "dense"])
+            for _, m, x in list(hd_runs)
+            if m in SID_METHODS
+        ]
     hd_rows = run_all(
         "homedepot",
         ["--catalog", str(hd / "products.csv.gz"), "--judgments", str(hd / "judgments.csv.gz")],
         hd_runs,
     )
-    toy_runs = [(m, []) for m in a.toys_methods]
+    toy_runs = [(m, m, []) for m in a.toys_methods]
     if a.toys_indexer:
-        toy_runs.append(("indexer", ["--checkpoint", str(a.toys_indexer.resolve())]))
+        toy_runs.append(("indexer", "indexer", ["--checkpoint", str(a.toys_indexer.resolve())]))
     toy_args = ["--catalog", str(toys), "--id-column", "product_id", "--description-column", ""]
     toy_rows = run_all("toys", [*toy_args, "--category-column", "category_path"], toy_runs)
 
