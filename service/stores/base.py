@@ -8,6 +8,9 @@ insertion order. `candidates` turns the beam search's paths into items:
             first beam that shares that deepest prefix: asc,
             position in that prefix's list (catalog, then upsert order): asc)
 
+This is the beam order; with `order: similarity` the gateway reads a larger pool in it and
+re-orders that pool itself (`serving.py`), so the stores know one rule only.
+
 `plan_probes` lists the prefix lists to read in that order and `pick_ranked` walks what was
 read; `assign_sids` is the upsert rule. The stores differ only in how they fetch and write
 (one Redis round trip, or numpy arrays), so neither rule can drift between them.
