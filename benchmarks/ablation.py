@@ -45,6 +45,8 @@ SID_KEYS = [
     "l2_assignment_agreement",
 ]
 DENSE_KEYS = ["recall@10", "mrr@100"]
+# the gateway's default order (candidates of one matched depth by similarity)
+ORDER_KEYS = ["recall@1", "recall@10", "recall@100", "mrr@100"]
 
 
 def trained(ck: Path) -> dict | None:
@@ -56,15 +58,18 @@ def trained(ck: Path) -> dict | None:
     return doc if doc.get("levels_trained") == doc["indexer"]["levels"] else None
 
 
-def evaluate(ck: Path, method: str, data: list[str], commands: list[str]) -> dict:
+def evaluate(
+    ck: Path, method: str, data: list[str], commands: list[str], order: str = "beam"
+) -> dict:
     """`sidserve evaluate` of one checkpoint, reusing a report newer than the checkpoint."""
-    out = ck / f"eval-{method}.json"
+    extra = [] if order == "beam" else ["--sid-order", order]
+    out = ck / (f"eval-{method}.json" if order == "beam" else f"eval-{method}-{order}-order.json")
     if out.is_file() and out.stat().st_mtime > (ck / "indexer.safetensors").stat().st_mtime:
         report = json.loads(out.read_text())
         commands.append(f"(reused {shown_path(str(out.resolve()))})")
     else:
         report, _, shown = run_evaluate(
-            ["--method", method, *data, "--checkpoint", str(ck.resolve())], out
+            ["--method", method, *data, "--checkpoint", str(ck.resolve()), *extra], out
         )
         commands.append(shown)
     return report["metrics"]
@@ -110,6 +115,7 @@ def main() -> int:
         assert doc is not None, f"{ck}: training finished without all levels"
         sid = evaluate(ck, "indexer", data, commands)
         dense = evaluate(ck, "indexer-dense", data, commands)
+        ordered = evaluate(ck, "indexer", data, commands, order="dense")
         rows.append(
             [
                 name,
@@ -117,6 +123,7 @@ def main() -> int:
                 f"{doc['train_seconds']:.0f}",
                 *(cell(sid, k) for k in SID_KEYS),
                 *(cell(dense, k) for k in DENSE_KEYS),
+                *(cell(ordered, k) for k in ORDER_KEYS),
             ]
         )
     missing = [v for v in VARIANTS if v not in a.variants]
@@ -129,7 +136,9 @@ def main() -> int:
         *[f"  - `{c}`" for c in commands],
         "- each variant: `sidserve train` with the default configuration and the one switch "
         "shown, same seed; SID columns from `--method indexer`, dense columns from "
-        "`--method indexer-dense`. Train seconds as the checkpoint records them (other jobs "
+        "`--method indexer-dense`, SID dense-order columns from `--method indexer "
+        "--sid-order dense` (the gateway's default order). Train seconds as the checkpoint "
+        "records them (other jobs "
         "sharing the cores inflate them). `n_leaves`: distinct full semantic paths over the "
         "catalog; `l{d}_assignment_agreement`: share of catalog items the finished model still "
         "codes as training fixed them on levels 1..d (– in reports from before that metric).",
@@ -141,6 +150,7 @@ def main() -> int:
                 "train s",
                 *(f"SID {k}" for k in SID_KEYS),
                 *(f"dense {k}" for k in DENSE_KEYS),
+                *(f"SID dense-order {k}" for k in ORDER_KEYS),
             ],
             rows,
         ),
