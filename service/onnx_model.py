@@ -85,8 +85,3 @@ def greedy_steps(
         steps.append(logits[:, 0])
         prefix[:, 0, level] = logits[:, 0].argmax(-1)
     return prefix[:, 0], steps
-
-
-def greedy_codes(model, ids: np.ndarray, mask: np.ndarray, levels: int) -> np.ndarray:
-    """(B, levels) greedy codes (see greedy_steps)."""
-    return greedy_steps(model, ids, mask, levels)[0]

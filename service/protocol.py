@@ -97,8 +97,9 @@ class Candidate(BaseModel):
     best_rank: int | None = Field(description="first query SID reaching max_depth")
     best_log_prob: float | None = Field(description="log-probability of that SID")
     similarity: float | None = Field(
-        description="cosine of the query's and the item's dense vectors; null when the item "
-        "has none (a bundle without vectors, or an item upserted after export)"
+        description="cosine of the query's and the item's dense vectors (the vector of the "
+        "item's last upsert, else the bundle's); null when the item has none (a bundle "
+        "without vectors)"
     )
 
 

@@ -17,9 +17,9 @@ from service.batching import Beams, QueryBatcher
 from service.bundle import Bundle, load_bundle
 from service.features import prefix_features
 from service.metrics import Metrics
-from service.onnx_model import greedy_codes
+from service.onnx_model import dense_vectors, greedy_steps
 from service.settings import Settings
-from service.stores.base import SidStore, StoreUnavailable
+from service.stores.base import Candidates, SidStore, StoreUnavailable, Vectors
 from service.tokenizer import BundleTokenizer, length_batches
 from service.trie import CompactTrie
 from sidserve.sids import format_sid
@@ -191,9 +191,7 @@ class SidService:
         by_similarity = self._order(req.order) == "similarity"
         beams = await self._beams(texts, req.beam_width)
         tops = [(b.paths[: req.top_k], b.log_probs[: req.top_k]) for b in beams]
-        found: list[tuple[list[str], np.ndarray]] = [([], np.zeros((0, self.levels + 1)))] * len(
-            texts
-        )
+        found = [Candidates.empty(self.levels)] * len(texts)
         if req.candidates > 0:
             # ordering by similarity needs a pool to choose from, read in the beam order
             pool = req.candidates
@@ -214,14 +212,14 @@ class SidService:
                 "candidates": self._candidates(
                     paths,
                     logp,
-                    ids,
-                    sids,
-                    self._similarity(b.vector, ids, sids),
+                    c.item_ids,
+                    c.sids,
+                    self._similarity(b.vector, c.item_ids, c.sids, c.vectors),
                     by_similarity,
                     req.candidates,
                 ),
             }
-            for text, b, (paths, logp), (ids, sids) in zip(texts, beams, tops, found, strict=True)
+            for text, b, (paths, logp), c in zip(texts, beams, tops, found, strict=True)
         ]
         self.metrics.stage_seconds.labels("scoring").observe(time.perf_counter() - t0)
         return {"model_version": self.model_version, "results": results}
@@ -237,19 +235,24 @@ class SidService:
             )
         return requested
 
-    def _similarity(self, query: np.ndarray, ids: list[str], sids: np.ndarray) -> np.ndarray:
+    def _similarity(
+        self, query: np.ndarray, ids: list[str], sids: np.ndarray, stored: Vectors
+    ) -> np.ndarray:
         """(n,) cosine of the query's vector with each item's; NaN for items without one.
 
-        Vectors come from the bundle, so an item has one only while the store still holds
-        the bundle's SID for it: one upserted since (new, or moved by a changed text) has
-        none, and every replica sees that the same way, through the shared store."""
+        An item's vector is the one the store holds from its last upsert (`stored`, by
+        position), else the bundle's while the store still holds the bundle's SID for it.
+        Both are read through the store, so every replica sees the same vector."""
         out = np.full(len(ids), np.nan)
         if self.vectors is None or not ids:
             return out
         rows = np.array([self._vector_row.get(i, -1) for i in ids])
         known = rows >= 0
         known[known] = (self.bundle.item_sids[rows[known]] == sids[known]).all(axis=1)
+        known[list(stored)] = False
         out[known] = self.vectors[rows[known]] @ query
+        for k, vector in stored.items():
+            out[k] = float(vector @ query)
         return out
 
     @staticmethod
@@ -303,13 +306,15 @@ class SidService:
         paths, logp = beams.paths[: req.top_k], beams.log_probs[: req.top_k]
         t0 = time.perf_counter()
         stored = await self._bounded(
-            self.store.get_sids(req.item_ids), self.settings.store_timeout_s, "store"
+            self.store.lookup(req.item_ids), self.settings.store_timeout_s, "store"
         )
         self.metrics.stage_seconds.labels("store").observe(time.perf_counter() - t0)
-        known = [i for i, s in enumerate(stored) if s is not None]
-        sids = np.array([stored[i] for i in known]).reshape(len(known), self.levels + 1)
+        known = [i for i, s in enumerate(stored.sids) if s is not None]
+        sids = np.array([stored.sids[i] for i in known]).reshape(len(known), self.levels + 1)
         f = prefix_features(paths, logp, sids)
-        similarity = self._similarity(beams.vector, [req.item_ids[i] for i in known], sids)
+        position = {i: n for n, i in enumerate(known)}  # request position -> row of `sids`
+        vectors = {position[i]: v for i, v in stored.vectors.items() if i in position}
+        similarity = self._similarity(beams.vector, [req.item_ids[i] for i in known], sids, vectors)
         items = [p.RelevanceItem(item_id=i, found=False) for i in req.item_ids]
         for n, i in enumerate(known):
             items[i] = p.RelevanceItem(
@@ -334,12 +339,15 @@ class SidService:
     async def encode_items(self, req: p.EncodeRequest) -> p.EncodeResponse:
         texts = [it.text for it in req.items]
         self._check_texts("items", texts, self.settings.max_items)
-        codes = await self._bounded(
+        codes, vectors = await self._bounded(
             self._item_codes(texts), self.settings.inference_timeout_s, "inference"
         )
         pairs = [(it.item_id, codes[n]) for n, it in enumerate(req.items)]
         t0 = time.perf_counter()
-        op = self.store.upsert(pairs) if req.upsert else self.store.preview(pairs)
+        if req.upsert:  # with the vectors, the bundle's similarity order covers them too
+            op = self.store.upsert(pairs, vectors if self.vectors is not None else None)
+        else:
+            op = self.store.preview(pairs)
         sids = await self._bounded(op, self.settings.store_timeout_s, "store")
         self.metrics.stage_seconds.labels("store").observe(time.perf_counter() - t0)
         if req.upsert:
@@ -358,24 +366,28 @@ class SidService:
             ],
         )
 
-    async def _item_codes(self, texts: list[str]) -> np.ndarray:
-        """Greedy semantic codes of item texts. The batch is split across the batch workers
-        (by token length, so each part pads little) and the parts run side by side."""
+    async def _item_codes(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Greedy semantic codes (n, L) and dense vectors (n, D) of item texts, from one
+        encoder pass. The batch is split across the batch workers (by token length, so each
+        part pads little) and the parts run side by side."""
         t0 = time.perf_counter()
         ids, mask = self.tokenizer.items(texts)
         size = -(-len(texts) // self.batcher.workers)
         parts = list(length_batches(ids, mask, size))
         self.metrics.stage_seconds.labels("tokenise").observe(time.perf_counter() - t0)
 
-        def compute(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        def compute(ids: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             with self.metrics.stage("encode"):
-                return greedy_codes(self.backend, ids, mask, self.levels)
+                memory = self.backend.encode(ids, mask)
+                codes, _ = greedy_steps(self.backend, ids, mask, self.levels, memory)
+                return codes, dense_vectors(memory, mask)
 
         done = await asyncio.gather(*(self.batcher.run(compute, i, m) for _, i, m in parts))
         codes = np.zeros((len(texts), self.levels), dtype=np.int64)
-        for (idx, _, _), part_codes in zip(parts, done, strict=True):
-            codes[idx] = part_codes
-        return codes
+        vectors = np.zeros((len(texts), self.bundle.hidden_size), dtype=np.float32)
+        for (idx, _, _), (part_codes, part_vectors) in zip(parts, done, strict=True):
+            codes[idx], vectors[idx] = part_codes, part_vectors
+        return codes, vectors
 
     async def _extend_trie(self, codes: np.ndarray) -> None:
         """New semantic paths from upserts join this gateway's trie, so queries can reach them

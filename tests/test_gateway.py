@@ -237,21 +237,41 @@ def test_encode_matches_table_and_upsert_makes_items_retrievable(client, bundle_
     r2 = client.post("/v1/items/encode", json={"items": [moved], "upsert": True}).json()
     rel = client.post("/v1/relevance", json={"query": "lamp", "item_ids": ["new-1"]}).json()
     assert rel["items"][0]["sid"] == r2["items"][0]["sid"]
-    # upserted items have no dense vector (the bundle's are of the exported texts)
-    assert rel["items"][0]["similarity"] is None
+    # upserted items carry the dense vector of the text they were upserted with
+    lamp = torch_vectors(tiny_export, ["lamp"], "max_query_tokens")[0]
+    texts = [moved["text"], catalog.texts[0]]
+    vectors = torch_vectors(tiny_export, texts, "max_item_tokens")
+    assert rel["items"][0]["similarity"] == pytest.approx(float(vectors[0] @ lamp), abs=2e-3)
+    found = client.post("/v1/query/sids", json={"query": "lamp", "min_depth": 0}).json()
+    (cand,) = [c for c in found["results"][0]["candidates"] if c["item_id"] == "new-1"]
+    assert cand["similarity"] == pytest.approx(rel["items"][0]["similarity"], abs=1e-6)
 
-    # a catalog item whose stored SID is no longer the bundle's (moved by a changed text)
-    # loses its bundle vector; the others keep theirs. Every text of the tiny random model
-    # gets the same path, so the move is simulated on the store's answer.
+    # a catalog item re-encoded with another text keeps its SID when its path stays (every
+    # text of the tiny random model gets the same path), but no longer the bundle's vector
+    first = catalog.ids[0]
+    before = client.post("/v1/relevance", json={"query": "lamp", "item_ids": [first]}).json()
+    again = {"item_id": first, "text": moved["text"]}
+    r3 = client.post("/v1/items/encode", json={"items": [again], "upsert": True}).json()
+    assert r3["items"][0]["sid"] == format_sid(bundle.item_sids[0])
+    after = client.post("/v1/relevance", json={"query": "lamp", "item_ids": [first]}).json()
+    was, now = before["items"][0]["similarity"], after["items"][0]["similarity"]
+    assert was == pytest.approx(float(vectors[1] @ lamp), abs=2e-3)
+    assert now == pytest.approx(float(vectors[0] @ lamp), abs=2e-3) and now != was
+
+    # a catalog item whose stored SID is no longer the bundle's (moved by a changed text,
+    # through a writer that stored no vector) has no vector; the others keep the bundle's
+    # unless the store has one from an upsert. The move is simulated on the store's answer.
     svc: SidService = client.app.state.service
     query = np.ones(bundle.hidden_size, dtype=np.float32) / np.sqrt(bundle.hidden_size)
-    ids = [catalog.ids[0], catalog.ids[1]]
-    stored = bundle.item_sids[:2].copy()
-    sims = svc._similarity(query, ids, stored)
-    np.testing.assert_allclose(sims, bundle.item_vectors[:2] @ query, rtol=1e-6)
+    ids = [catalog.ids[1], catalog.ids[2]]
+    stored = bundle.item_sids[1:3].copy()
+    sims = svc._similarity(query, ids, stored, {})
+    np.testing.assert_allclose(sims, bundle.item_vectors[1:3] @ query, rtol=1e-6)
     stored[0, -1] += 100  # another disambiguation code: the store's SID is not the bundle's
-    moved = svc._similarity(query, ids, stored)
-    assert np.isnan(moved[0]) and moved[1] == pytest.approx(sims[1], rel=1e-6)
+    moved_sims = svc._similarity(query, ids, stored, {})
+    assert np.isnan(moved_sims[0]) and moved_sims[1] == pytest.approx(sims[1], rel=1e-6)
+    upserted = svc._similarity(query, ids, stored, {0: query, 1: -query})
+    np.testing.assert_allclose(upserted, [1.0, -1.0], rtol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -315,11 +335,27 @@ def test_redis_store_serves_the_same_candidates(bundle_dir, redis_server):
 
     assert main(["load-items", "--bundle", str(bundle_dir), "--redis-url", redis_server]) == 0
     body = {"queries": QUERIES, "candidates": 20}
-    with TestClient(create_app(Settings(bundle=bundle_dir))) as mem:
-        want = mem.post("/v1/query/sids", json=body).json()
-    with TestClient(create_app(Settings(bundle=bundle_dir, redis_url=redis_server))) as red:
+    upsert = {"items": [{"item_id": "new-1", "text": "Cordless Drill 20V"}], "upsert": True}
+    relevance = {"query": QUERIES[0], "item_ids": ["new-1", "missing"]}
+    with (
+        TestClient(create_app(Settings(bundle=bundle_dir))) as mem,
+        TestClient(create_app(Settings(bundle=bundle_dir, redis_url=redis_server))) as red,
+    ):
         assert red.get("/readyz").json()["store"] == "RedisStore"
-        assert red.post("/v1/query/sids", json=body).json() == want
+        assert (
+            red.post("/v1/query/sids", json=body).json()
+            == mem.post("/v1/query/sids", json=body).json()
+        )
+        # an upserted item (with its vector) reads back the same from both stores
+        for c in (mem, red):
+            assert c.post("/v1/items/encode", json=upsert).status_code == 200
+        got = red.post("/v1/relevance", json=relevance).json()
+        assert got == mem.post("/v1/relevance", json=relevance).json()
+        assert got["items"][0]["similarity"] is not None
+        body = {**body, "candidates": 100}
+        got = red.post("/v1/query/sids", json=body).json()
+        assert got == mem.post("/v1/query/sids", json=body).json()
+        assert "new-1" in [c["item_id"] for c in got["results"][0]["candidates"]]
 
 
 def test_unreachable_redis_is_503_with_retry_after_not_a_hang(bundle_dir):

@@ -248,8 +248,8 @@ def test_candidates_many_is_candidates_per_query(backend: Backend) -> None:
         assert len(many) == len(queries)
         for beams, found in zip(queries, many, strict=True):
             one = await store.candidates(beams, 9, 1)
-            ids_many, sids_many = found  # unpacks as (item_ids, sids)
-            assert ids_many == one.item_ids
+            ids_many, sids_many, vectors = found  # unpacks as (item_ids, sids, vectors)
+            assert ids_many == one.item_ids and vectors == one.vectors == {}
             np.testing.assert_array_equal(sids_many, one.sids)
         assert await store.candidates_many([], 5) == []
 
@@ -302,6 +302,47 @@ def test_upsert_new_item_becomes_candidate(backend: Backend) -> None:
         np.testing.assert_array_equal(found.sids, [[5, 5, 0]])
         (sid,) = await store.get_sids(["n2"])
         np.testing.assert_array_equal(sid, [5, 5, 0])
+
+    backend.run(ids, sids, body)
+
+
+def test_upserted_vectors_come_back_with_their_items(backend: Backend) -> None:
+    ids = ["a", "b", "c"]
+    sids = np.array([[1, 2, 0], [1, 2, 2], [3, 0, 0]], dtype=np.int32)
+    rng = np.random.default_rng(7)
+    vectors = rng.normal(size=(3, 6)).astype(np.float32)
+    half = vectors.astype(np.float16).astype(np.float32)  # what both stores keep
+
+    async def body(store: SidStore) -> None:
+        # before any upsert with a vector: none anywhere
+        assert not (await store.candidates(np.array([[1, 2]]), 10, 1)).vectors
+        items = [("n|1", np.array([1, 2])), ("a", np.array([1, 2])), ("n2", np.array([3, 0]))]
+        await store.upsert(items, vectors)
+        found = await store.candidates(np.array([[1, 2], [3, 0]]), 10, 2)
+        assert found.item_ids == ["a", "b", "n|1", "c", "n2"]
+        assert sorted(found.vectors) == [0, 2, 4]  # "a" kept its SID but has a new vector
+        for pos, row in ((0, 1), (2, 0), (4, 2)):
+            np.testing.assert_array_equal(found.vectors[pos], half[row])
+            assert found.vectors[pos].dtype == np.float32
+        looked = await store.lookup(["missing", "n2", "b", "a"])
+        assert looked.sids[0] is None and looked.sids[2] is not None
+        np.testing.assert_array_equal(looked.sids[1], [3, 0, 1])
+        assert sorted(looked.vectors) == [1, 3]
+        np.testing.assert_array_equal(looked.vectors[3], half[1])
+        # an upsert without vectors drops the item's earlier one (it was of the old text)
+        await store.upsert([("a", np.array([1, 2]))])
+        assert sorted((await store.lookup(["a", "n2"])).vectors) == [1]
+        for bad in (np.zeros((2, 6)), np.zeros(6), np.full((1, 6), np.nan), np.zeros((1, 6), int)):
+            with pytest.raises(ValueError, match="vectors"):
+                await store.upsert([("a", np.array([1, 2]))], bad)
+        assert (await store.lookup([])).sids == []
+        # more picked items than Redis reads vectors of in one HMGET (256)
+        many = rng.normal(size=(300, 6)).astype(np.float32)
+        await store.upsert([(f"m{i}", np.array([3, 0])) for i in range(300)], many)
+        found = await store.candidates(np.array([[3, 0]]), 400, 2)
+        assert found.item_ids[:2] == ["c", "n2"] and len(found.item_ids) == 302
+        assert sorted(found.vectors) == list(range(1, 302))
+        np.testing.assert_array_equal(found.vectors[301], many[299].astype(np.float16))
 
     backend.run(ids, sids, body)
 

@@ -12,14 +12,18 @@ This is the beam order; with `order: similarity` the gateway reads a larger pool
 re-orders that pool itself (`serving.py`), so the stores know one rule only.
 
 `plan_probes` lists the prefix lists to read in that order and `pick_ranked` walks what was
-read; `assign_sids` is the upsert rule. The stores differ only in how they fetch and write
-(one Redis round trip, or numpy arrays), so neither rule can drift between them.
+read; `assign_sids` is the upsert rule. An upsert may carry the items' dense vectors (the
+gateway's `similarity`): the store keeps the latest one per item id, replaced or dropped by
+the item's next upsert, and hands it back with the item's SID wherever it reads that SID.
+The stores differ only in how they fetch and write (one Redis round trip, or numpy arrays),
+so neither rule can drift between them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, NamedTuple, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
@@ -27,13 +31,17 @@ import numpy as np
 from sidserve.sids import format_sid
 
 __all__ = [
+    "NO_VECTORS",
     "Candidates",
+    "Lookup",
     "Probe",
     "SidStore",
     "StoreUnavailable",
+    "Vectors",
     "assign_sids",
     "check_items",
     "check_paths",
+    "check_vectors",
     "fetch_size",
     "format_sid",
     "parse_sids",
@@ -49,15 +57,30 @@ class StoreUnavailable(Exception):
     """The store cannot answer now (unreachable, timed out, version not loaded): a 503."""
 
 
+# position in a result -> the (D,) float32 vector its item was upserted with
+Vectors = Mapping[int, np.ndarray]
+NO_VECTORS: Vectors = MappingProxyType({})
+
+
 class Candidates(NamedTuple):
-    """Ranked items of one query: ids and their full SIDs (n, L+1) int32, best first."""
+    """Ranked items of one query: ids and their full SIDs (n, L+1) int32, best first, and
+    the upserted vectors among them by position (items of the bundle's table have none)."""
 
     item_ids: list[str]
     sids: np.ndarray
+    vectors: Vectors = NO_VECTORS
 
     @classmethod
     def empty(cls, levels: int) -> Candidates:
         return cls([], np.zeros((0, levels + 1), dtype=np.int32))
+
+
+class Lookup(NamedTuple):
+    """Stored items by id: the full SID ((L+1,) int32) of each asked id, None for ids not in
+    the table, and the upserted vectors among them by position."""
+
+    sids: list[np.ndarray | None]
+    vectors: Vectors = NO_VECTORS
 
 
 @dataclass(frozen=True)
@@ -91,9 +114,16 @@ class SidStore(Protocol):
         """The full SID ((L+1,) int32) of each id, None for ids not in the table."""
         ...
 
-    async def upsert(self, items: Sequence[tuple[str, np.ndarray]]) -> np.ndarray:
+    async def lookup(self, item_ids: Sequence[str]) -> Lookup:
+        """`get_sids` with the items' upserted vectors, in one read."""
+        ...
+
+    async def upsert(
+        self, items: Sequence[tuple[str, np.ndarray]], vectors: np.ndarray | None = None
+    ) -> np.ndarray:
         """Store (item id, (L,) semantic codes) pairs; their SIDs (n, L+1) int32, see
-        `assign_sids`. Atomic per call."""
+        `assign_sids`. `vectors` (n, D): each item's dense vector, kept (as float16) until its
+        next upsert; without them an item's earlier vector is dropped. Atomic per call."""
         ...
 
     async def preview(self, items: Sequence[tuple[str, np.ndarray]]) -> np.ndarray:
@@ -144,6 +174,18 @@ def check_items(
     except ValueError as exc:
         raise ValueError(f"semantic codes of the items: {exc}") from exc
     return ids, [tuple(row) for row in codes.tolist()]
+
+
+def check_vectors(vectors: np.ndarray | None, n: int) -> np.ndarray | None:
+    """Upsert vectors -> (n, D) float16 (how both stores keep them), or ValueError."""
+    if vectors is None:
+        return None
+    arr = np.asarray(vectors)
+    if arr.ndim != 2 or len(arr) != n or not np.issubdtype(arr.dtype, np.floating):
+        raise ValueError(f"vectors must be a float array (n={n}, D), got {arr.dtype} {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError("vectors must be finite")
+    return arr.astype(np.float16)
 
 
 def plan_probes(paths: np.ndarray, levels: int, min_depth: int) -> list[Probe]:

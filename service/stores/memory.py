@@ -9,7 +9,8 @@ item besides the id strings themselves (49 for L = 3); `stats()` reports the mea
 Upserts ("delta") are rare and small, so they live in dicts beside the arrays: an item that
 moves leaves the base lists for good (marked in `moved`, filtered at read time) and, like new
 items, is appended to per-prefix Python lists read after the base run. That is the order of
-Redis's lists (moved items go to the end), so both stores rank identically.
+Redis's lists (moved items go to the end), so both stores rank identically. Upserted
+vectors are a dict by item id, float16 like Redis's.
 """
 
 from __future__ import annotations
@@ -23,10 +24,14 @@ import numpy as np
 
 from service.bundle import Bundle
 from service.stores.base import (
+    NO_VECTORS,
     Candidates,
+    Lookup,
     Path,
+    Vectors,
     assign_sids,
     check_items,
+    check_vectors,
     fetch_size,
     pick_ranked,
     plan_probes,
@@ -61,6 +66,7 @@ class MemoryStore:
         self._new_ids: dict[str, int] = {}  # upserted ids not in the base -> row
         self._delta: list[dict[Path, list[int]]] = [{} for _ in range(self.levels)]
         self._next: dict[Path, int] = {}  # path -> next free code, once a path was upserted
+        self._vectors: dict[str, np.ndarray] = {}  # upserted id -> (D,) float16
         self._trie: CompactTrie | None = None
         self._order: list[np.ndarray] = []
         self._offsets: list[np.ndarray] = []
@@ -134,7 +140,14 @@ class MemoryStore:
                 extra = self._delta[depth - 1].get(probes[i].prefix, [])
                 lists[i] = self._head(run, extra, size)
         rows = np.array(pick_ranked(lists, limit), dtype=np.int64)
-        return Candidates([str(i) for i in self._ids[rows]], self._sids[rows])
+        ids = [str(i) for i in self._ids[rows]]
+        return Candidates(ids, self._sids[rows], self._stored_vectors(ids))
+
+    def _stored_vectors(self, ids: Sequence[str]) -> Vectors:
+        if not self._vectors:
+            return NO_VECTORS
+        found = ((k, self._vectors.get(i)) for k, i in enumerate(ids))
+        return {k: v.astype(np.float32) for k, v in found if v is not None}
 
     async def candidates(self, paths: np.ndarray, limit: int, min_depth: int = 0) -> Candidates:
         return self._one(paths, limit, min_depth)
@@ -147,6 +160,9 @@ class MemoryStore:
     async def get_sids(self, item_ids: Sequence[str]) -> list[np.ndarray | None]:
         rows = [self._row_of(i) for i in item_ids]
         return [None if r is None else self._sids[r].copy() for r in rows]
+
+    async def lookup(self, item_ids: Sequence[str]) -> Lookup:
+        return Lookup(await self.get_sids(item_ids), self._stored_vectors(item_ids))
 
     # ---------------------------------------------------------------- writes
 
@@ -170,10 +186,17 @@ class MemoryStore:
     async def preview(self, items: Sequence[tuple[str, np.ndarray]]) -> np.ndarray:
         return self._assign(items)[1]
 
-    async def upsert(self, items: Sequence[tuple[str, np.ndarray]]) -> np.ndarray:
+    async def upsert(
+        self, items: Sequence[tuple[str, np.ndarray]], vectors: np.ndarray | None = None
+    ) -> np.ndarray:
         async with self._lock:  # no await inside: one call is applied as a whole
             ids, sids, counters = self._assign(items)
-            for item_id, sid in zip(ids, sids, strict=True):
+            stored = check_vectors(vectors, len(ids))
+            for k, (item_id, sid) in enumerate(zip(ids, sids, strict=True)):
+                if stored is None:
+                    self._vectors.pop(item_id, None)
+                else:
+                    self._vectors[item_id] = stored[k]
                 row = self._row_of(item_id)
                 if row is None:
                     row = self._append_row(item_id)
@@ -220,14 +243,16 @@ class MemoryStore:
         return None
 
     def nbytes(self) -> int:
-        """Bytes held for the table: arrays, trie, id strings, plus ~100 per upsert entry."""
+        """Bytes held for the table: arrays, trie, id strings, upserted vectors, plus ~100 per
+        upsert entry."""
         arrays = [self._sids, self._moved, self._id_order, self._base_next]
         total = sum(a.nbytes for a in [*arrays, *self._order, *self._offsets])
         total += self._ids.nbytes + self._sorted_ids.nbytes
         total += self._trie.nbytes if self._trie is not None else 0
         total += sum(sys.getsizeof(i) for i in self._ids[: self._count])
         delta = sum(len(v) for d in self._delta for v in d.values())
-        return total + 100 * (len(self._new_ids) + len(self._next) + delta)
+        total += sum(v.nbytes for v in self._vectors.values())
+        return total + 100 * (len(self._new_ids) + len(self._next) + delta + len(self._vectors))
 
     def stats(self) -> dict[str, Any]:
         nbytes = self.nbytes()

@@ -8,14 +8,15 @@ version lives in one slot, so the transactions and the upsert script stay cluste
     sidserve:{V}:p:12-5         list   "{sid}|{item id}" of the items under prefix 12-5, one
                                        list per prefix of depth 1..L, in insertion order
     sidserve:{V}:next           hash   full path "12-5-201" -> next free disambiguation code
+    sidserve:{V}:vec            hash   item id -> base64 of its upserted float16 dense vector
     sidserve:active             string the model version the gateways serve
 
 Versions never share a key, so a new model is loaded beside the serving one and switched to
 with one SET of `sidserve:active` (`sidserve load-items --activate`). Each list entry carries
 the SID as well as the id, so `candidates_many` is a single MULTI/EXEC of one ranking
-script per query (PICK_LUA) for a whole batch: one round trip, read from one consistent
-snapshot. `upsert` is one Lua script (atomic), `get_sids` one HMGET, `preview` and `ping`
-one pipeline each. Every call
+script per query (PICK_LUA, which also reads the picked items' upserted vectors) for a whole
+batch: one round trip, read from one consistent snapshot. `upsert` is one Lua script
+(atomic), `get_sids` one HMGET, `lookup`, `preview` and `ping` one pipeline each. Every call
 runs under a deadline of `timeout_s` (socket timeouts too), and connection failures and
 timeouts become StoreUnavailable (a 503).
 """
@@ -23,6 +24,7 @@ timeouts become StoreUnavailable (a 503).
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import re
 from collections.abc import AsyncIterator, Sequence
@@ -37,10 +39,14 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.stores.base import (
+    NO_VECTORS,
     Candidates,
+    Lookup,
     StoreUnavailable,
+    Vectors,
     assign_sids,
     check_items,
+    check_vectors,
     fetch_size,
     format_sid,
     parse_sids,
@@ -51,32 +57,49 @@ ACTIVE_KEY = "sidserve:active"
 UNAVAILABLE_ERRORS = (RedisConnectionError, RedisTimeoutError, TimeoutError, OSError)
 _VERSION = re.compile(r"[0-9A-Za-z._-]{1,64}")
 
-# KEYS: the prefix lists of one query in `plan_probes` order. ARGV: limit. The ranking of
-# `pick_ranked` run inside Redis: only the (at most `limit`) picked entries travel back, not
-# `limit` entries of every list (3,000 strings for 10 beams x 3 levels x 100), whose parsing
-# in the gateway's event loop was the largest cost under load.
+# KEYS: the prefix lists of one query in `plan_probes` order, then the vector hash. ARGV:
+# limit. The ranking of `pick_ranked` run inside Redis: only the (at most `limit`) picked
+# entries travel back, not `limit` entries of every list (3,000 strings for 10 beams x 3
+# levels x 100), whose parsing in the gateway's event loop was the largest cost under load.
+# Returns {picked entries, their upserted vectors (false = none; empty while no item has one)}.
 PICK_LUA = """
-local limit = tonumber(ARGV[1])
+local limit, lists, vec = tonumber(ARGV[1]), #KEYS - 1, KEYS[#KEYS]
 local out, seen = {}, {}
-for i = 1, #KEYS do
+for i = 1, lists do
   for _, entry in ipairs(redis.call('LRANGE', KEYS[i], 0, limit - 1)) do
     if not seen[entry] then
       seen[entry] = true
       out[#out + 1] = entry
-      if #out == limit then return out end
+      if #out == limit then break end
     end
   end
+  if #out == limit then break end
 end
-return out
+local vectors = {}
+if #out > 0 and redis.call('HLEN', vec) > 0 then
+  local ids = {}
+  for k, entry in ipairs(out) do ids[k] = string.match(entry, '^[^|]*|(.*)$') end
+  for s = 1, #ids, 256 do
+    local got = redis.call('HMGET', vec, unpack(ids, s, math.min(s + 255, #ids)))
+    for k, v in ipairs(got) do vectors[s + k - 1] = v end
+  end
+end
+return {out, vectors}
 """
 
-# KEYS: sid hash, next hash, meta hash. ARGV: prefix-list key stem, then (item id, path) pairs.
-# Redis runs a script atomically, so concurrent upserts never share a disambiguation code,
-# and a moved item is out of its old lists before anyone can read the new ones.
+# KEYS: sid hash, next hash, meta hash, vector hash. ARGV: prefix-list key stem, then (item id,
+# path, vector) triples, vector "" for none (which drops the item's earlier one). Redis runs a
+# script atomically, so concurrent upserts never share a disambiguation code, and a moved item
+# is out of its old lists before anyone can read the new ones.
 UPSERT_LUA = """
 local stem, out, added = ARGV[1], {}, 0
-for i = 2, #ARGV, 2 do
-  local id, path = ARGV[i], ARGV[i + 1]
+for i = 2, #ARGV, 3 do
+  local id, path, vector = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  if vector == '' then
+    redis.call('HDEL', KEYS[4], id)
+  else
+    redis.call('HSET', KEYS[4], id, vector)
+  end
   local old = redis.call('HGET', KEYS[1], id)
   local sid = nil
   if old then
@@ -119,11 +142,28 @@ class Keys:
         self.meta = self.namespace + "meta"
         self.sids = self.namespace + "sid"
         self.next = self.namespace + "next"
+        self.vectors = self.namespace + "vec"
         self.list_stem = self.namespace + "p:"
         self.pattern = self.namespace + "*"  # SCAN MATCH: no glob characters in a version
 
     def prefix_list(self, prefix: Sequence[int] | str) -> str:
         return self.list_stem + (prefix if isinstance(prefix, str) else format_sid(prefix))
+
+
+def encode_vector(vector: np.ndarray) -> str:
+    """(D,) float16 -> the ASCII text kept in the vector hash (the client decodes replies)."""
+    return base64.b64encode(vector.astype("<f2").tobytes()).decode("ascii")
+
+
+def decode_vectors(texts: Sequence[str | None]) -> Vectors:
+    """Replies of the vector hash -> {position: (D,) float32} of the ones present."""
+    if not any(texts):
+        return NO_VECTORS
+    return {
+        k: np.frombuffer(base64.b64decode(t), dtype="<f2").astype(np.float32)
+        for k, t in enumerate(texts)
+        if t
+    }
 
 
 def safe_url(url: str) -> str:
@@ -222,13 +262,14 @@ class RedisStore:
         async with self._guard("candidates"), self._client.pipeline(transaction=True) as pipe:
             for probes in plans:
                 keys = [self.keys.prefix_list(probe.prefix) for probe in probes]
-                await self._pick(keys=keys, args=[size], client=pipe)
+                await self._pick(keys=[*keys, self.keys.vectors], args=[size], client=pipe)
             picks = await pipe.execute()
         out = []
-        for picked in picks:
+        for picked, vectors in picks:
             entries = [entry.partition("|") for entry in picked]
             sids = parse_sids([sid for sid, _, _ in entries], self.levels + 1)
-            out.append(Candidates([item_id for _, _, item_id in entries], sids))
+            ids = [item_id for _, _, item_id in entries]
+            out.append(Candidates(ids, sids, decode_vectors(vectors)))
         return out
 
     async def get_sids(self, item_ids: Sequence[str]) -> list[np.ndarray | None]:
@@ -236,16 +277,33 @@ class RedisStore:
             return []
         async with self._guard("get_sids"):
             found = await self._client.hmget(self.keys.sids, [str(i) for i in item_ids])
+        return self._parse_stored(found)
+
+    def _parse_stored(self, found: Sequence[str | None]) -> list[np.ndarray | None]:
         return [None if s is None else parse_sids([s], self.levels + 1)[0] for s in found]
 
-    async def upsert(self, items: Sequence[tuple[str, np.ndarray]]) -> np.ndarray:
+    async def lookup(self, item_ids: Sequence[str]) -> Lookup:
+        if not item_ids:
+            return Lookup([])
+        ids = [str(i) for i in item_ids]
+        async with self._guard("lookup"), self._client.pipeline(transaction=True) as pipe:
+            pipe.hmget(self.keys.sids, ids)
+            pipe.hmget(self.keys.vectors, ids)
+            found, vectors = await pipe.execute()
+        return Lookup(self._parse_stored(found), decode_vectors(vectors))
+
+    async def upsert(
+        self, items: Sequence[tuple[str, np.ndarray]], vectors: np.ndarray | None = None
+    ) -> np.ndarray:
         ids, paths = check_items(items, self.levels)
         if not ids:
             return np.zeros((0, self.levels + 1), dtype=np.int32)
+        stored = check_vectors(vectors, len(ids))
         args = [self.keys.list_stem]
-        for item_id, path in zip(ids, paths, strict=True):
-            args += [item_id, format_sid(path)]
-        keys = [self.keys.sids, self.keys.next, self.keys.meta]
+        for k, (item_id, path) in enumerate(zip(ids, paths, strict=True)):
+            vector = "" if stored is None else encode_vector(stored[k])
+            args += [item_id, format_sid(path), vector]
+        keys = [self.keys.sids, self.keys.next, self.keys.meta, self.keys.vectors]
         # safe to retry: a repeated upsert finds the path it wrote and keeps the SID
         async with self._guard("upsert"):
             sids = await self._upsert(keys=keys, args=args)
