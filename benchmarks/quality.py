@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 HOME_DEPOT_METHODS = ["bm25", "dense", "dense-ft", "hkmeans", "rqvae", "dsirm"]
 TOYS_METHODS = ["hkmeans", "rqvae"]
 SID_METHODS = {"hkmeans", "rqvae", "dsirm", "indexer"}
-DENSE_ORDER = " (dense order)"  # row suffix: `--sid-order dense`
+# `--sid-order` runs besides the default beam order -> their rows' label suffix
+ORDERS = {"dense": " (dense order)", "pool": " (pool order)"}
 RETRIEVAL = ["recall@1", "recall@10", "recall@100", "mrr@100", "ndcg@10"]
 SID = [
     "l1_code_acc",
@@ -61,8 +62,8 @@ def cell(metrics: dict, key: str) -> str:
 
 
 def same_order(row: tuple[str, dict]) -> bool:
-    """Not a `--sid-order dense` repeat (its SID-quality and relevance figures are the same)."""
-    return not row[0].endswith(DENSE_ORDER)
+    """Not a `--sid-order` repeat (its SID-quality and relevance figures are the same)."""
+    return not any(row[0].endswith(suffix) for suffix in ORDERS.values())
 
 
 def table(rows: list[tuple[str, dict]], keys: list[str]) -> list[str]:
@@ -98,19 +99,21 @@ def targets(hd: dict[str, dict], toys: dict[str, dict]) -> list[str]:
             *beats(idx, ["hkmeans", "rqvae"], RETRIEVAL),
         )
     )
-    ido = hd.get("indexer" + DENSE_ORDER)
-    if ido is not None:
+    for order, suffix in ORDERS.items():
+        ido = hd.get("indexer" + suffix)
+        if ido is None:
+            continue
         rows.append(
             (
-                "(dense order) SID retrieval beats BM25 on recall@10, recall@100",
+                f"({order} order) SID retrieval beats BM25 on recall@10, recall@100",
                 *beats(ido, ["bm25"], ["recall@10", "recall@100"]),
             )
         )
         rows.append(
             (
-                "(dense order) SID retrieval beats hkmeans and rqvae, both in dense order, on "
-                "every retrieval metric",
-                *beats(ido, [m + DENSE_ORDER for m in ("hkmeans", "rqvae")], RETRIEVAL),
+                f"({order} order) SID retrieval beats hkmeans and rqvae, both in {order} order, "
+                "on every retrieval metric",
+                *beats(ido, [m + suffix for m in ("hkmeans", "rqvae")], RETRIEVAL),
             )
         )
     if dn is not None:
@@ -182,9 +185,12 @@ def main() -> int:
         help="a `sidserve train` checkpoint: adds the indexer and indexer-dense rows",
     )
     p.add_argument(
-        "--no-dense-order",
-        action="store_true",
-        help="skip the SID methods' second run with `--sid-order dense`",
+        "--sid-orders",
+        nargs="*",
+        default=list(ORDERS),
+        choices=list(ORDERS),
+        help="run the SID methods again with each of these `--sid-order`s besides the default "
+        "beam order (default: dense pool; none with an empty list)",
     )
     p.add_argument("--reports", type=Path, default=ROOT / "runs" / "quality")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "quality.md")
@@ -199,7 +205,9 @@ def main() -> int:
         """`runs`: (row label, method, its other evaluate arguments)."""
         rows = []
         for label, method, extra in runs:
-            stem = label.replace(DENSE_ORDER, "-dense-order")
+            stem = label
+            for order, suffix in ORDERS.items():
+                stem = stem.replace(suffix, f"-{order}-order")
             report, wall, shown = run_evaluate(
                 ["--method", method, *data_args, *extra], a.reports / f"{name}-{stem}.json"
             )
@@ -212,12 +220,12 @@ def main() -> int:
     if a.indexer:
         ck = ["--checkpoint", str(a.indexer.resolve())]
         hd_runs += [("indexer", "indexer", ck), ("indexer-dense", "indexer-dense", ck)]
-    if not a.no_dense_order:
-        hd_runs += [
-            (m + DENSE_ORDER, m, [*x, "--sid-order", "dense"])
-            for _, m, x in list(hd_runs)
-            if m in SID_METHODS
-        ]
+    hd_runs += [
+        (m + ORDERS[order], m, [*x, "--sid-order", order])
+        for order in a.sid_orders
+        for _, m, x in list(hd_runs)
+        if m in SID_METHODS
+    ]
     hd_rows = run_all(
         "homedepot",
         ["--catalog", str(hd / "products.csv.gz"), "--judgments", str(hd / "judgments.csv.gz")],
@@ -245,7 +253,10 @@ def main() -> int:
         "beam rank (items of one leaf in catalog order); rows marked *(dense order)* rank "
         "candidates of the same matched depth by the cosine similarity of the method's own "
         "query and item vectors instead (`--sid-order dense`: the indexer's dense "
-        "representation, the off-the-shelf MiniLM embeddings for hkmeans, rqvae and dsirm).",
+        "representation, the off-the-shelf MiniLM embeddings for hkmeans, rqvae and dsirm); "
+        "rows marked *(pool order)* take the first 500 candidates in beam order and rank them "
+        "by that similarity alone (`--sid-order pool`, the gateway's default order: the SIDs "
+        "choose the candidates, the vectors rank them).",
         "",
         "## Home Depot dev: retrieval (query -> product)",
         "",

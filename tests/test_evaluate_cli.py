@@ -66,6 +66,18 @@ def test_sid_order_dense_reorders_the_same_candidates(tmp_path, tiny_catalog, ti
     assert dense["recall@100"] == beam["recall@100"]
     assert dense["mrr@100"] >= beam["mrr@100"]
 
+    def pool(size: int) -> dict:
+        order = ["--sid-order", "pool", "--rerank-pool", str(size)]
+        return _evaluate(tmp_path, tiny_catalog, tiny_judgments, "hkmeans", *shape, *order)
+
+    # a pool of 1 re-orders nothing: the single best candidate in beam order
+    one = pool(1)
+    assert one["recall@1"] == one["recall@100"] == beam["recall@1"]
+    # a pool holding every candidate ranks them by similarity alone: the same set again
+    every = pool(1000)
+    assert every["candidates_mean"] == beam["candidates_mean"]
+    assert every["recall@100"] == beam["recall@100"]
+
 
 def test_category_ami_without_judgments(tmp_path):
     from tests.conftest import write_csv

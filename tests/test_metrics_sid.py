@@ -123,6 +123,28 @@ def test_sid_index_similarity_replaces_beam_rank_within_a_depth() -> None:
         index.rank(queries, similarity=lambda items: score)
 
 
+def test_sid_index_pool_is_ranked_by_similarity_alone() -> None:
+    index = SidIndex(ITEMS)
+    queries = np.array([[2, 2, 3], [1, 2, 4], [1, 2, 3]])  # beam order: 3, 1, 0, 4, 2
+    score = np.array([0.9, 0.1, 5.0, 0.2, 0.9, 7.0])
+    ranked, total = index.rank(queries, similarity=lambda items: score[items], pool=5)
+    # the depth-1 item 2 now comes first; item 5 (no match) is never a candidate
+    np.testing.assert_array_equal(ranked, [2, 0, 4, 3, 1])
+    assert total == 5
+    # only the first 3 in beam order are re-ordered; limit cuts after that
+    ranked, total = index.rank(queries, similarity=lambda items: score[items], pool=3, limit=2)
+    np.testing.assert_array_equal(ranked, [0, 3])
+    assert total == 5
+    # ties keep the beam order (3 before 1), not the item index
+    tied = np.array([0.0, 0.5, 0.0, 0.5, 0.0, 0.0])
+    ranked, _ = index.rank(queries, similarity=lambda items: tied[items], pool=5)
+    np.testing.assert_array_equal(ranked[:2], [3, 1])
+    with pytest.raises(ValueError, match="pool"):
+        index.rank(queries, pool=5)
+    with pytest.raises(ValueError, match="pool"):
+        index.rank(queries, similarity=lambda items: score[items], pool=0)
+
+
 def test_sid_index_empty_candidates() -> None:
     index = SidIndex(ITEMS)
     # Beam [1,9,9] matches items to depth 1 at most; min_depth 2 leaves nothing.

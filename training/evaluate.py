@@ -65,10 +65,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--sid-order",
         choices=SID_ORDERS,
         default="beam",
-        help="order of candidates with the same matched depth: the rank of the first beam "
-        "reaching it, then catalog order (beam, default); or the cosine similarity of the "
-        "method's own query and item vectors (dense: the indexer's dense representation, "
-        "the off-the-shelf embeddings for the two-stage baselines)",
+        help="order of the candidates: matched depth, then the rank of the first beam "
+        "reaching it, then catalog order (beam, default); matched depth, then the cosine "
+        "similarity of the method's own query and item vectors (dense: the indexer's dense "
+        "representation, the off-the-shelf embeddings for the two-stage baselines); or the "
+        "first --rerank-pool candidates in beam order by that similarity alone (pool: the "
+        "gateway's default order)",
+    )
+    s.add_argument(
+        "--rerank-pool",
+        type=int,
+        default=500,
+        help="candidates --sid-order pool re-orders (default: 500, the gateway's default)",
     )
     parser.add_argument("--depth", type=int, default=100, help="ranked items kept per query")
     parser.add_argument("--folds", type=int, default=5, help="relevance-model CV folds")
@@ -76,7 +84,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _check(args: argparse.Namespace) -> None:
-    for name in ("levels", "codebook_size", "beam", "depth", "min_depth"):
+    for name in ("levels", "codebook_size", "beam", "depth", "min_depth", "rerank_pool"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
     if args.min_depth > args.levels:
@@ -185,6 +193,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         depth=args.depth,
         min_depth=args.min_depth,
         sid_order=args.sid_order,
+        rerank_pool=args.rerank_pool,
         seed=args.seed,
     )
     result = METHODS[args.method](ctx)

@@ -39,6 +39,7 @@ class EvalContext:
     depth: int = 100
     min_depth: int = 1
     sid_order: str = "beam"  # see training.metrics.sid_retrieval.SID_ORDERS
+    rerank_pool: int = 500  # candidates that sid_order "pool" re-orders (the gateway's default)
     seed: int = 0
 
 
@@ -133,7 +134,7 @@ def _sid_method(
 ) -> MethodResult:
     """Shared tail of every SID method: query beams, then prefix-match retrieval.
 
-    `vectors` gives the method's own unit (query, item) vectors for `--sid-order dense`; by
+    `vectors` gives the method's own unit (query, item) vectors for `--sid-order dense|pool`; by
     default the off-the-shelf embeddings the two-stage baselines quantise.
     """
     result = MethodResult(item_sids=item_sids, codebook_sizes=codebook_sizes, timings=timings)
@@ -144,8 +145,9 @@ def _sid_method(
     timings["query_sids_s"] = time.perf_counter() - t
     t = time.perf_counter()
     query_vecs = item_vecs = None
-    if ctx.sid_order == "dense":
+    if ctx.sid_order in ("dense", "pool"):
         query_vecs, item_vecs = vectors() if vectors else (ctx.query_emb, ctx.item_emb)
+    pool = ctx.rerank_pool if ctx.sid_order == "pool" else None
     index = SidIndex(item_sids)
     ranked, sizes = [], []
     for q, beams in enumerate(result.query_sids):
@@ -153,7 +155,7 @@ def _sid_method(
         if query_vecs is not None and item_vecs is not None:
             similarity = functools.partial(_similarity, item_vecs, query_vecs[q])
         order, count = index.rank(
-            beams, min_depth=ctx.min_depth, limit=ctx.depth, similarity=similarity
+            beams, min_depth=ctx.min_depth, limit=ctx.depth, similarity=similarity, pool=pool
         )
         ranked.append(order)
         sizes.append(count)

@@ -8,10 +8,11 @@ import numpy as np
 
 __all__ = ["SID_ORDERS", "SidIndex"]
 
-# How candidates that share a matched depth are ordered (`sidserve evaluate --sid-order`):
-# "beam": rank of the first beam reaching that depth; "dense": similarity of the method's own
-# query and item vectors.
-SID_ORDERS = ("beam", "dense")
+# How candidates are ordered (`sidserve evaluate --sid-order`): "beam": matched depth, then the
+# rank of the first beam reaching it; "dense": matched depth, then the similarity of the
+# method's own query and item vectors; "pool": the first `pool` candidates in beam order (the
+# gateway's rerank pool), by similarity alone.
+SID_ORDERS = ("beam", "dense", "pool")
 
 
 class SidIndex:
@@ -62,6 +63,7 @@ class SidIndex:
         min_depth: int = 1,
         limit: int | None = None,
         similarity: Callable[[np.ndarray], np.ndarray] | None = None,
+        pool: int | None = None,
     ) -> tuple[np.ndarray, int]:
         """Rank the items matching a query's beams by prefix depth.
 
@@ -70,9 +72,12 @@ class SidIndex:
         beams, deeper first; rank of the first beam reaching that depth, lower first; item
         index, lower first). With ``similarity`` (candidate item indices -> the query's score
         for each, higher is better) the second key is that score instead of the beam rank: the
-        items of one leaf share a beam rank, so without it they stay in catalog order.
-        Returns (the ordered int64 item indices, truncated to ``limit`` when given; the number
-        of candidates before truncation). Only the K * L prefixes of the beams are looked up.
+        items of one leaf share a beam rank, so without it they stay in catalog order. With
+        ``pool`` as well, the first ``pool`` candidates in beam order are ordered by
+        ``similarity`` alone (ties in beam order) and the rest are dropped: the SIDs choose the
+        candidates, the vectors rank them (the gateway's ``order: similarity``). Returns (the
+        ordered int64 item indices, truncated to ``limit`` when given; the number of
+        candidates before truncation). Only the K * L prefixes of the beams are looked up.
         """
         q = np.asarray(query_sids)
         if q.ndim != 2 or q.shape[1] != self.levels:
@@ -81,6 +86,12 @@ class SidIndex:
             raise ValueError(f"min_depth must lie in 1..{self.levels}, got {min_depth}")
         if limit is not None and limit < 0:
             raise ValueError(f"limit must be >= 0 or None, got {limit}")
+        if pool is not None:
+            if similarity is None or pool < 1:
+                raise ValueError(f"pool ({pool}) needs a similarity and must be >= 1")
+            ranked, total = self.rank(query_sids, min_depth, pool)
+            ranked = ranked[np.argsort(-_scores(similarity, ranked), kind="stable")]
+            return (ranked if limit is None else ranked[:limit]), total
 
         beams = q.tolist()
         parts: list[np.ndarray] = []
@@ -109,17 +120,18 @@ class SidIndex:
         item_rank = np.concatenate(ranks)
         # np.unique's index is the first occurrence, i.e. the item's best (depth, rank) pair.
         unique_items, first = np.unique(items, return_index=True)
-        if similarity is None:
-            second = item_rank[first]
-        else:
-            second = -np.asarray(similarity(unique_items), dtype=np.float64)
-            if second.shape != unique_items.shape:
-                raise ValueError(
-                    f"similarity returned shape {second.shape} for {unique_items.size} items"
-                )
+        second = item_rank[first] if similarity is None else -_scores(similarity, unique_items)
         order = np.lexsort((unique_items, second, -item_depth[first]))
         ranked = unique_items[order].astype(np.int64)
         total = int(ranked.size)
         if limit is not None:
             ranked = ranked[:limit]
         return ranked, total
+
+
+def _scores(similarity: Callable[[np.ndarray], np.ndarray], items: np.ndarray) -> np.ndarray:
+    """The query's similarity to each of ``items`` as float64, checked for shape."""
+    out = np.asarray(similarity(items), dtype=np.float64)
+    if out.shape != items.shape:
+        raise ValueError(f"similarity returned shape {out.shape} for {items.size} items")
+    return out
