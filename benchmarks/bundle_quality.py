@@ -3,9 +3,10 @@ queries of Home Depot go through each bundle's tokenizer, graphs and trie-constr
 search (`service.query_beams.search_beams`, beam 10), and the items under the top-10 SIDs are
 ranked by matched depth then beam rank (the same `SidIndex` rule as `sidserve evaluate`).
 
-For a bundle with item vectors a second row asks the gateway itself (`POST
-/v1/query/sids`, in process, default settings, 100 candidates) with `"order": "similarity"`: the
-candidates of one matched depth ordered by the query-item cosine, which is what its clients get.
+For a bundle with item vectors two more rows ask the gateway itself (`POST /v1/query/sids`, in
+process, default settings, 100 candidates): with `"order": "similarity"` (its default: the
+first SIDSERVE_RERANK_POOL candidates in beam order, by the query-item cosine alone), which is
+what its clients get, and with `"order": "depth"` (matched depth first, then the cosine).
 
 Use it to compare a bundle with its quantised variants: int8 changes some answers, and this
 says whether it changes their quality. Writes benchmarks/results/bundle-quality.md.
@@ -105,10 +106,10 @@ def main() -> int:
         index = SidIndex(sids)
         ranked = [index.rank(paths, limit=100)[0] for paths in run["paths"]]
         metrics = retrieval_metrics(ranked, queries.judged)
-        by_similarity = None
-        if run["has_vectors"]:
-            got = gateway_candidates(path, queries.texts, "similarity")
-            by_similarity = retrieval_metrics(
+        by_gateway = {}
+        for order in ("similarity", "depth") if run["has_vectors"] else ():
+            got = gateway_candidates(path, queries.texts, order)
+            by_gateway[order] = retrieval_metrics(
                 [np.array([index_of[i] for i in ids], dtype=np.int64) for ids in got],
                 queries.judged,
             )
@@ -133,13 +134,13 @@ def main() -> int:
             ]
         )
         print(rows[-1], flush=True)
-        if by_similarity is not None:
+        for order, found in by_gateway.items():
             rows.append(
                 [
                     f"`{path}`",
                     run["graphs"],
-                    "similarity (gateway)",
-                    *(f"{by_similarity[m]:.4f}" for m in METRICS),
+                    f"{order} (gateway)",
+                    *(f"{found[m]:.4f}" for m in METRICS),
                     "",
                     "",
                     "",
@@ -162,8 +163,10 @@ def main() -> int:
         f"graded >= 2.5 are relevant; {metrics['n_queries']} queries have one); beam "
         f"{args.beam}, candidates ranked by matched depth then beam rank, as `sidserve "
         "evaluate --method indexer` (rows *beam*), or by the gateway with "
-        '`"order": "similarity"` (rows *similarity*: as `--sid-order dense`, from the '
-        f"bundle's float16 item vectors, among the first {pool:,} candidates in beam order); "
+        '`"order": "similarity"` (rows *similarity*: as `--sid-order pool`, the first '
+        f"{pool:,} candidates in beam order by the cosine with the bundle's float16 item "
+        'vectors alone) or `"order": "depth"` (rows *depth*: as `--sid-order dense`, matched '
+        "depth first, then the cosine, among the same pool); "
         "ONNX Runtime with "
         f"{args.threads} thread(s), batches of 64 queries",
         "- *same top-10*: share of queries whose top-10 SIDs equal the first bundle's; *same "

@@ -47,10 +47,11 @@ class QuerySidsRequest(SearchOptions):
 
     query: str | None = Field(None, description="a single search query")
     queries: list[str] | None = Field(None, description="a batch of search queries")
-    order: Literal["similarity", "beam"] | None = Field(
+    order: Literal["similarity", "depth", "beam"] | None = Field(
         None,
-        description="order of candidates with the same max_depth: 'similarity' (the query's "
-        "cosine with the item's dense vector, best first) or 'beam' (best_rank, then catalog "
+        description="order of the candidates: 'similarity' (the first SIDSERVE_RERANK_POOL "
+        "candidates in beam order, by the query's cosine with the item's dense vector alone), "
+        "'depth' (max_depth, then that cosine) or 'beam' (max_depth, best_rank, then catalog "
         "order); default 'similarity' when the bundle has item vectors, else 'beam'",
     )
 

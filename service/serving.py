@@ -188,14 +188,15 @@ class SidService:
             "queries" if req.queries is not None else "query", texts, self.settings.max_queries
         )
         self._check_search(req.beam_width, req.candidates, req.min_depth)
-        by_similarity = self._order(req.order) == "similarity"
+        order = self._order(req.order)
         beams = await self._beams(texts, req.beam_width)
         tops = [(b.paths[: req.top_k], b.log_probs[: req.top_k]) for b in beams]
         found = [Candidates.empty(self.levels)] * len(texts)
         if req.candidates > 0:
-            # ordering by similarity needs a pool to choose from, read in the beam order
+            # ordering by similarity needs a pool to choose from, read in the beam order: the
+            # SIDs choose the candidates, the vectors rank them
             pool = req.candidates
-            if by_similarity:
+            if order != "beam":
                 pool = max(pool, self.settings.rerank_pool)
             t0 = time.perf_counter()
             found = await self._bounded(
@@ -215,7 +216,7 @@ class SidService:
                     c.item_ids,
                     c.sids,
                     self._similarity(b.vector, c.item_ids, c.sids, c.vectors),
-                    by_similarity,
+                    order,
                     req.candidates,
                 ),
             }
@@ -227,10 +228,10 @@ class SidService:
     def _order(self, requested: str | None) -> str:
         if requested is None:
             return "beam" if self.vectors is None else "similarity"
-        if requested == "similarity" and self.vectors is None:
+        if requested != "beam" and self.vectors is None:
             raise LimitError(
                 "order",
-                f"'similarity' needs item vectors, and bundle {self.model_version} has none "
+                f"{requested!r} needs item vectors, and bundle {self.model_version} has none "
                 "(exported before they were added): use 'beam' or re-export",
             )
         return requested
@@ -262,17 +263,19 @@ class SidService:
         ids: list[str],
         sids: np.ndarray,
         similarity: np.ndarray,
-        by_similarity: bool,
+        order_by: str,
         limit: int,
     ) -> list[dict[str, Any]]:
         """`protocol.Candidate` rows as plain dicts, the first `limit` of the order asked for
-        (the store's order is the beam order)."""
+        (the store's order is the beam order, which also breaks ties)."""
         if not ids:
             return []
         f = prefix_features(paths, logp, sids)
         order = np.arange(len(ids))
-        if by_similarity:  # max_depth first; then similarity, items without one last
-            worst_first = np.where(np.isnan(similarity), np.inf, -similarity)
+        worst_first = np.where(np.isnan(similarity), np.inf, -similarity)  # no vector: last
+        if order_by == "similarity":
+            order = np.lexsort((order, worst_first))
+        elif order_by == "depth":
             order = np.lexsort((order, worst_first, -f.max_depth))
         order = order[:limit]
         # only the returned rows become Python objects (the pool may be 10x larger)

@@ -93,10 +93,14 @@ def torch_vectors(tiny_export, texts: list[str], max_tokens: str) -> np.ndarray:
     return dense_representations(model, compute_states(model, tok, texts, limit, progress=False))
 
 
-def test_candidates_ordered_by_similarity_within_a_depth(client, bundle_dir, tiny_export):
+@pytest.mark.parametrize("order", ["similarity", "depth"])
+def test_candidates_ordered_by_similarity(client, bundle_dir, tiny_export, order):
     bundle = load_bundle(bundle_dir)
     query = {"queries": QUERIES, "beam_width": 5, "top_k": 3}
-    by_sim = client.post("/v1/query/sids", json=query).json()  # the default with vectors
+    if order == "similarity":
+        by_sim = client.post("/v1/query/sids", json=query).json()  # the default with vectors
+    else:
+        by_sim = client.post("/v1/query/sids", json={**query, "order": order}).json()
     by_beam = client.post("/v1/query/sids", json={**query, "order": "beam"}).json()
     row = {item_id: n for n, item_id in enumerate(bundle.item_ids)}
     items = torch_vectors(tiny_export, load_catalog_texts(tiny_export), "max_item_tokens")
@@ -111,9 +115,31 @@ def test_candidates_ordered_by_similarity_within_a_depth(client, bundle_dir, tin
         want = [float(items[row[c["item_id"]]] @ q) for c in cands]
         np.testing.assert_allclose([c["similarity"] for c in cands], want, atol=2e-3)
         keys = [(-c["max_depth"], -c["similarity"]) for c in cands]
+        if order == "similarity":
+            keys = [-c["similarity"] for c in cands]
         assert keys == sorted(keys)
         reordered += [c["item_id"] for c in cands] != [c["item_id"] for c in beam_res["candidates"]]
     assert reordered  # the orders do differ somewhere, so the check above has teeth
+
+
+def test_candidate_orders_on_a_pool_of_several_depths():
+    # beams 1-2-3 and 1-5-0; items at depth 3, 2 (under beam 1's 1-5), 1, and one without a
+    # vector; similarity alone puts the depth-1 item first, `depth` keeps depths apart
+    paths = np.array([[1, 2, 3], [1, 5, 0]])
+    logp = np.array([-0.1, -0.2])
+    ids = ["d3", "d2", "d1", "none", "d3b"]
+    sids = np.array([[1, 2, 3, 0], [1, 5, 1, 0], [1, 7, 7, 0], [1, 2, 3, 1], [1, 2, 3, 2]])
+    similarity = np.array([0.2, 0.5, 0.9, np.nan, 0.2])
+
+    def ranked(order: str, limit: int = 10) -> list[str]:
+        rows = SidService._candidates(paths, logp, ids, sids, similarity, order, limit)
+        return [c["item_id"] for c in rows]
+
+    # ties (d3, d3b) keep the store's beam order
+    assert ranked("similarity") == ["d1", "d2", "d3", "d3b", "none"]
+    assert ranked("depth") == ["d3", "d3b", "none", "d2", "d1"]
+    assert ranked("beam") == ids
+    assert ranked("similarity", limit=2) == ["d1", "d2"]
 
 
 def load_catalog_texts(tiny_export) -> list[str]:
@@ -139,8 +165,9 @@ def test_bundle_without_vectors_falls_back_to_beam_order(bundle_dir, tmp_path):
         assert cands and all(x["similarity"] is None for x in cands)
         keys = [(-x["max_depth"], x["best_rank"]) for x in cands]
         assert keys == sorted(keys)
-        r = c.post("/v1/query/sids", json={"query": QUERIES[0], "order": "similarity"})
-        assert r.status_code == 422 and "order" in r.json()["message"], r.text
+        for order in ("similarity", "depth"):
+            r = c.post("/v1/query/sids", json={"query": QUERIES[0], "order": order})
+            assert r.status_code == 422 and "order" in r.json()["message"], r.text
 
 
 def test_batch_equals_singles_and_sids_only(client):
