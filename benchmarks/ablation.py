@@ -45,8 +45,10 @@ SID_KEYS = [
     "l2_assignment_agreement",
 ]
 DENSE_KEYS = ["recall@10", "mrr@100"]
-# the gateway's default order (candidates of one matched depth by similarity)
-ORDER_KEYS = ["recall@1", "recall@10", "recall@100", "mrr@100"]
+# the SID columns again in the gateway's orders (`--sid-order dense` = its `order: depth`,
+# `pool` = its default `order: similarity`)
+ORDERS = ["dense", "pool"]
+ORDER_KEYS = ["recall@10", "recall@100", "mrr@100"]
 
 
 def trained(ck: Path) -> dict | None:
@@ -115,7 +117,7 @@ def main() -> int:
         assert doc is not None, f"{ck}: training finished without all levels"
         sid = evaluate(ck, "indexer", data, commands)
         dense = evaluate(ck, "indexer-dense", data, commands)
-        ordered = evaluate(ck, "indexer", data, commands, order="dense")
+        ordered = [evaluate(ck, "indexer", data, commands, order=o) for o in ORDERS]
         rows.append(
             [
                 name,
@@ -123,7 +125,7 @@ def main() -> int:
                 f"{doc['train_seconds']:.0f}",
                 *(cell(sid, k) for k in SID_KEYS),
                 *(cell(dense, k) for k in DENSE_KEYS),
-                *(cell(ordered, k) for k in ORDER_KEYS),
+                *(cell(m, k) for m in ordered for k in ORDER_KEYS),
             ]
         )
     missing = [v for v in VARIANTS if v not in a.variants]
@@ -136,9 +138,9 @@ def main() -> int:
         *[f"  - `{c}`" for c in commands],
         "- each variant: `sidserve train` with the default configuration and the one switch "
         "shown, same seed; SID columns from `--method indexer`, dense columns from "
-        "`--method indexer-dense`, SID dense-order columns from `--method indexer "
-        "--sid-order dense` (the gateway's default order). Train seconds as the checkpoint "
-        "records them (other jobs "
+        "`--method indexer-dense`, SID dense-order and pool-order columns from `--method "
+        "indexer --sid-order dense|pool` (the gateway's `order: depth` and its default "
+        "`order: similarity`). Train seconds as the checkpoint records them (other jobs "
         "sharing the cores inflate them). `n_leaves`: distinct full semantic paths over the "
         "catalog; `l{d}_assignment_agreement`: share of catalog items the finished model still "
         "codes as training fixed them on levels 1..d (– in reports from before that metric).",
@@ -150,7 +152,7 @@ def main() -> int:
                 "train s",
                 *(f"SID {k}" for k in SID_KEYS),
                 *(f"dense {k}" for k in DENSE_KEYS),
-                *(f"SID dense-order {k}" for k in ORDER_KEYS),
+                *(f"SID {o}-order {k}" for o in ORDERS for k in ORDER_KEYS),
             ],
             rows,
         ),
