@@ -272,11 +272,14 @@ class SidService:
             return []
         f = prefix_features(paths, logp, sids)
         order = np.arange(len(ids))
-        worst_first = np.where(np.isnan(similarity), np.inf, -similarity)  # no vector: last
-        if order_by == "similarity":
-            order = np.lexsort((order, worst_first))
-        elif order_by == "depth":
-            order = np.lexsort((order, worst_first, -f.max_depth))
+        if order_by != "beam":
+            worst_first = np.where(np.isnan(similarity), np.inf, -similarity)  # no vector: last
+            keys = (
+                (order, worst_first)
+                if order_by == "similarity"
+                else (order, worst_first, -f.max_depth)
+            )
+            order = np.lexsort(keys)
         order = order[:limit]
         # only the returned rows become Python objects (the pool may be 10x larger)
         depth, best, score = f.depth[order].tolist(), f.max_depth[order], f.score[order]
