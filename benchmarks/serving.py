@@ -187,7 +187,7 @@ def main() -> int:
     )
     p.add_argument(
         "--order",
-        choices=["similarity", "beam"],
+        choices=["similarity", "depth", "beam"],
         help="candidate order sent with every query (default: the gateway's own)",
     )
     p.add_argument("--hf-queries-b1", type=int, default=100)

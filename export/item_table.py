@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from service.onnx_model import OnnxIndexer, dense_vectors, greedy_steps
+from service.onnx_model import OnnxIndexer, codes_and_vectors
 from service.tokenizer import BundleTokenizer, length_batches
 
 
@@ -29,8 +29,6 @@ def assign_items(
     bar = tqdm(total=len(texts), desc="item SIDs (ONNX Runtime)", unit="item", disable=not progress)
     with bar:
         for idx, batch_ids, batch_mask in length_batches(ids, mask, batch_size):
-            memory = model.encode(batch_ids, batch_mask)
-            out[idx] = greedy_steps(model, batch_ids, batch_mask, levels, memory)[0]
-            vectors[idx] = dense_vectors(memory, batch_mask)
+            out[idx], vectors[idx] = codes_and_vectors(model, batch_ids, batch_mask, levels)
             bar.update(len(idx))
     return out, vectors

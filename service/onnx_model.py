@@ -85,3 +85,11 @@ def greedy_steps(
         steps.append(logits[:, 0])
         prefix[:, 0, level] = logits[:, 0].argmax(-1)
     return prefix[:, 0], steps
+
+
+def codes_and_vectors(
+    model, ids: np.ndarray, mask: np.ndarray, levels: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(greedy codes (B, levels), dense vectors (B, D)) of item texts from one encoder pass."""
+    memory = model.encode(ids, mask)
+    return greedy_steps(model, ids, mask, levels, memory)[0], dense_vectors(memory, mask)

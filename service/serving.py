@@ -17,7 +17,7 @@ from service.batching import Beams, QueryBatcher
 from service.bundle import Bundle, load_bundle
 from service.features import prefix_features
 from service.metrics import Metrics
-from service.onnx_model import dense_vectors, greedy_steps
+from service.onnx_model import codes_and_vectors
 from service.settings import Settings
 from service.stores.base import Candidates, SidStore, StoreUnavailable, Vectors
 from service.tokenizer import BundleTokenizer, length_batches
@@ -81,7 +81,10 @@ class SidService:
         self.levels = bundle.levels
         self.tokenizer = BundleTokenizer(bundle.file(bundle.tokenizer.file), bundle.tokenizer)
         self.vectors = bundle.item_vectors  # (N, D) float32 or None
-        self._vector_row = {item_id: n for n, item_id in enumerate(bundle.item_ids)}
+        # item id -> row of `vectors` (only needed when there are vectors)
+        self._vector_row = (
+            {} if self.vectors is None else {i: n for n, i in enumerate(bundle.item_ids)}
+        )
         self._paths = np.unique(bundle.semantic_sids, axis=0)
         trie = CompactTrie.from_codes(self._paths, bundle.codebook_sizes)
         self.batcher = QueryBatcher(
@@ -384,9 +387,7 @@ class SidService:
 
         def compute(ids: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             with self.metrics.stage("encode"):
-                memory = self.backend.encode(ids, mask)
-                codes, _ = greedy_steps(self.backend, ids, mask, self.levels, memory)
-                return codes, dense_vectors(memory, mask)
+                return codes_and_vectors(self.backend, ids, mask, self.levels)
 
         done = await asyncio.gather(*(self.batcher.run(compute, i, m) for _, i, m in parts))
         codes = np.zeros((len(texts), self.levels), dtype=np.int64)

@@ -32,8 +32,9 @@ class Settings(BaseSettings):
     rerank_pool: int = Field(
         500,
         ge=1,
-        description="candidates read from the store and ordered by similarity, of which "
-        "the first `candidates` are returned (order 'similarity')",
+        description="candidates read from the store in beam order and re-ordered by "
+        "similarity, of which the first `candidates` are returned (orders 'similarity' and "
+        "'depth')",
     )
     # micro-batching of queries (embedded and Triton backends alike)
     batch_max_queries: int = Field(8, ge=1, description="queries per decoder batch")

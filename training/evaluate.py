@@ -22,6 +22,7 @@ from training.data import (
 )
 from training.methods import METHODS, EvalContext, MethodResult
 from training.metrics import (
+    RERANK_POOL,
     SID_ORDERS,
     category_ami,
     code_accuracy,
@@ -75,8 +76,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     s.add_argument(
         "--rerank-pool",
         type=int,
-        default=500,
-        help="candidates --sid-order pool re-orders (default: 500, the gateway's default)",
+        default=RERANK_POOL,
+        help=f"candidates --sid-order pool re-orders (default: {RERANK_POOL}, as the gateway)",
     )
     parser.add_argument("--depth", type=int, default=100, help="ranked items kept per query")
     parser.add_argument("--folds", type=int, default=5, help="relevance-model CV folds")

@@ -17,7 +17,7 @@ import numpy as np
 
 from training.data import Catalog, QuerySet
 from training.encoder import TextEncoder, cache_dir, texts_digest
-from training.metrics import SidIndex, assignment_agreement
+from training.metrics import RERANK_POOL, SidIndex, assignment_agreement
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class EvalContext:
     depth: int = 100
     min_depth: int = 1
     sid_order: str = "beam"  # see training.metrics.sid_retrieval.SID_ORDERS
-    rerank_pool: int = 500  # candidates that sid_order "pool" re-orders (the gateway's default)
+    rerank_pool: int = RERANK_POOL  # candidates that sid_order "pool" re-orders
     seed: int = 0
 
 

@@ -25,9 +25,10 @@ from training.metrics.sid_quality import (
     codebook_stats,
     collision_stats,
 )
-from training.metrics.sid_retrieval import SID_ORDERS, SidIndex
+from training.metrics.sid_retrieval import RERANK_POOL, SID_ORDERS, SidIndex
 
 __all__ = [
+    "RERANK_POOL",
     "SID_ORDERS",
     "SidIndex",
     "assignment_agreement",

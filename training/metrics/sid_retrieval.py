@@ -6,13 +6,14 @@ from collections.abc import Callable
 
 import numpy as np
 
-__all__ = ["SID_ORDERS", "SidIndex"]
+__all__ = ["RERANK_POOL", "SID_ORDERS", "SidIndex"]
 
 # How candidates are ordered (`sidserve evaluate --sid-order`): "beam": matched depth, then the
 # rank of the first beam reaching it; "dense": matched depth, then the similarity of the
 # method's own query and item vectors; "pool": the first `pool` candidates in beam order (the
 # gateway's rerank pool), by similarity alone.
 SID_ORDERS = ("beam", "dense", "pool")
+RERANK_POOL = 500  # default `pool`, as the gateway's SIDSERVE_RERANK_POOL
 
 
 class SidIndex:
