@@ -194,3 +194,51 @@ def test_code_stats_counts_paths_of_the_levels_so_far():
     stats = code_stats(codes, k=4)
     assert stats["paths"] == 3
     assert stats["utilisation"] == pytest.approx(2 / 4)  # level 2 uses codes 1 and 2
+
+
+class _LrRecorder(Trainer):
+    """Records (level, main phase, encoder lr, decoder lr) at every optimiser step."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lrs: list[tuple[int, bool, float, float]] = []
+
+    def loss(self, batch, level, main):
+        groups = self.opt.param_groups
+        self.lrs.append((level, main, groups[0]["lr"], groups[1]["lr"]))
+        return super().loss(batch, level, main)
+
+
+def test_linear_lr_schedule_falls_over_the_whole_run_and_resumes_where_it_was(toy):
+    cfg = tiny_config(lr_schedule="linear", warmup_epochs=1.0, epochs_per_level=[1.0, 1.0])
+    torch.manual_seed(0)
+    model = SemanticIndexer(cfg)
+    t = _LrRecorder(model, toy["items"], toy["queries"], toy["pairs"])
+    assert t.run_length() == 4.0
+    t.train()
+    enc = np.array([r[2] for r in t.lrs])
+    assert enc[0] == cfg.lr  # the first step of the run uses the full rate
+    assert np.all(np.diff(enc) < 0)  # falls at every step, across warm-ups, levels and phases
+    assert 0 < enc[-1] < 0.1 * cfg.lr  # ... down to about zero by the last step
+    assert t.epochs_done == pytest.approx(t.run_length())
+    assert {r[3] for r in t.lrs} == {cfg.head_lr}  # the decoder's rate stays constant
+    assert {r[1] for r in t.lrs if r[0] == 1} == {False, True}  # level 2 ran both phases
+    # half way through the run (after level 1's warm-up and main phase) the rate is halved
+    level2 = [r[2] for r in t.lrs if r[0] == 1]
+    assert level2[0] == pytest.approx(cfg.lr / 2)
+
+    # resuming at level 2 continues the schedule instead of starting it again
+    again = _LrRecorder(SemanticIndexer(cfg), toy["items"], toy["queries"], toy["pairs"])
+    again.state.codes[:, 0] = t.state.codes[:, 0]
+    again.train(start_level=1)
+    assert again.lrs[0][2] == pytest.approx(cfg.lr / 2)
+    assert again.epochs_done == pytest.approx(again.run_length())
+
+
+def test_constant_lr_schedule_and_unknown_schedules(toy, trained):
+    t = trained["trainer"]  # the default schedule
+    assert t.cfg.lr_schedule == "constant"
+    assert t.encoder_lr(0.0) == t.encoder_lr(t.run_length()) == t.cfg.lr
+    assert t.opt.param_groups[0]["lr"] == t.cfg.lr
+    with pytest.raises(ValueError, match="lr_schedule"):
+        IndexerConfig(lr_schedule="cosine")

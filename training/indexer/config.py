@@ -47,6 +47,9 @@ class IndexerConfig:
     warmup_epochs: float = 0.5  # contrastive-only before each level's codebook is made
     epochs_per_level: list[float] = field(default_factory=lambda: [2.0, 1.5, 1.5])
     lr: float = 5e-5  # encoder layers
+    # "linear": the encoder's lr falls linearly from `lr` to 0 over the whole run (every
+    # warm-up and main phase, by epochs); "constant" keeps it at `lr`. The decoder's is constant.
+    lr_schedule: str = "constant"
     head_lr: float = 5e-4  # decoder
     ema_decay: float = 0.99
     dead_code_threshold: float = 0.03  # EMA count below which a code is re-seeded
@@ -69,6 +72,8 @@ class IndexerConfig:
             raise ValueError("encoder_nce_weight must be >= 0")
         if self.bos_input not in ("pooled", "learned"):
             raise ValueError("bos_input must be 'pooled' or 'learned'")
+        if self.lr_schedule not in ("constant", "linear"):
+            raise ValueError("lr_schedule must be 'constant' or 'linear'")
         if self.codebook_init not in ("kmeans", "random"):
             raise ValueError("codebook_init must be 'kmeans' or 'random'")
 

@@ -148,6 +148,17 @@ class Trainer:
             weight_decay=0.01,
         )
         self.state = TrainState(codes=np.full((len(item_states), self.cfg.levels), -1, np.int64))
+        self.epochs_done = 0.0  # epochs of every phase so far, for the encoder's lr schedule
+
+    def run_length(self) -> float:
+        """Epochs of the whole run: every level's warm-up and main phase."""
+        return self.cfg.levels * self.cfg.warmup_epochs + sum(self.cfg.epochs_per_level)
+
+    def encoder_lr(self, epochs_done: float) -> float:
+        """The encoder's lr after `epochs_done` epochs of the run (`lr_schedule`)."""
+        if self.cfg.lr_schedule == "constant":
+            return self.cfg.lr
+        return self.cfg.lr * max(0.0, 1.0 - epochs_done / self.run_length())
 
     # ---- one batch
     def loss(self, batch: Batch, level: int, main: bool) -> tuple[torch.Tensor, dict[str, float]]:
@@ -232,6 +243,7 @@ class Trainer:
         sums: dict[str, float] = {}
         bar = tqdm(flat, desc=desc, unit="batch")
         for n, batch in enumerate(bar, 1):
+            self.opt.param_groups[0]["lr"] = self.encoder_lr(self.epochs_done + (n - 1) / first)
             total, parts = self.loss(batch, level, main)
             self.opt.zero_grad()
             total.backward()
@@ -240,6 +252,7 @@ class Trainer:
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v
             bar.set_postfix({k: f"{v / n:.3f}" for k, v in sums.items()})
+        self.epochs_done += len(flat) / first
         return {k: v / len(flat) for k, v in sums.items()}
 
     # ---- assignment
@@ -273,6 +286,7 @@ class Trainer:
     def train(self, on_level_done=None, start_level: int = 0) -> TrainState:
         """Levels `start_level`.. (earlier ones already in `state.codes`, as when resuming)."""
         cfg = self.cfg
+        self.epochs_done = start_level * cfg.warmup_epochs + sum(cfg.epochs_per_level[:start_level])
         for level in range(start_level, cfg.levels):
             t0 = time.perf_counter()
             warm = (
