@@ -1,5 +1,7 @@
 """Request and response models of the `/v1` API (pydantic v2). Unknown fields are rejected,
-so a misspelt option is a 422 naming it rather than a silently ignored default.
+so a misspelt option is a 422 naming it rather than a silently ignored default, and request
+values must have their JSON type (strict mode): `true` or `"10"` for an integer, or `"yes"`
+for a boolean, is a 422 too, not a 1, a 10 or a silent true.
 
 Limits that depend on the deployment (batch sizes, text length, beam width) are checked in
 `serving.py` against the settings; the bounds here are the ones that hold everywhere.
@@ -13,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 def _non_blank(value: str) -> str:

@@ -67,6 +67,12 @@ def build_store(settings: Settings, bundle: Bundle) -> SidStore:
     return MemoryStore.from_bundle(bundle)
 
 
+def _text_field(field: str, i: int) -> str:
+    """How an error names text i of a request: `query` is one text, `queries` and `items`
+    are lists."""
+    return field if field == "query" else f"{field}[{i}]"
+
+
 class SidService:
     def __init__(
         self,
@@ -149,7 +155,7 @@ class SidService:
         for i, t in enumerate(texts):
             if len(t) > self.settings.max_text_chars:
                 raise LimitError(
-                    f"{field}[{i}]",
+                    _text_field(field, i),
                     f"{len(t)} characters, at most {self.settings.max_text_chars}",
                 )
 
@@ -162,9 +168,22 @@ class SidService:
         if min_depth > self.levels:
             raise LimitError("min_depth", f"{min_depth} > the number of levels {self.levels}")
 
-    async def _beams(self, texts: list[str], beam: int) -> list[Beams]:
+    def _require_tokens(self, field: str, ids: np.ndarray, mask: np.ndarray) -> None:
+        """A text the tokenizer reduces to [CLS] [SEP] (only control or zero-width
+        characters, which it drops) is as empty as a blank one: a 422 naming it."""
+        spec = self.bundle.tokenizer
+        real = (mask == 1) & (ids != spec.cls_id) & (ids != spec.sep_id)
+        empty = np.flatnonzero(~real.any(axis=1))
+        if len(empty):
+            raise LimitError(
+                _text_field(field, int(empty[0])),
+                "has no character the model reads (only control, format or zero-width ones)",
+            )
+
+    async def _beams(self, field: str, texts: list[str], beam: int) -> list[Beams]:
         t0 = time.perf_counter()
         ids, mask = self.tokenizer.queries(texts)
+        self._require_tokens(field, ids, mask)
         rows = [ids[i, : int(mask[i].sum())] for i in range(len(texts))]
         self.metrics.stage_seconds.labels("tokenise").observe(time.perf_counter() - t0)
         return await self._bounded(
@@ -187,12 +206,11 @@ class SidService:
         for 100 candidates, building pydantic objects cost more than the beam search's
         bookkeeping (tests validate real responses against the model)."""
         texts = req.texts()
-        self._check_texts(
-            "queries" if req.queries is not None else "query", texts, self.settings.max_queries
-        )
+        field = "queries" if req.queries is not None else "query"
+        self._check_texts(field, texts, self.settings.max_queries)
         self._check_search(req.beam_width, req.candidates, req.min_depth)
         order = self._order(req.order)
-        beams = await self._beams(texts, req.beam_width)
+        beams = await self._beams(field, texts, req.beam_width)
         tops = [(b.paths[: req.top_k], b.log_probs[: req.top_k]) for b in beams]
         found = [Candidates.empty(self.levels)] * len(texts)
         if req.candidates > 0:
@@ -311,7 +329,7 @@ class SidService:
                 "item_ids",
                 f"{len(req.item_ids)} given, at most {self.settings.max_relevance_items}",
             )
-        (beams,) = await self._beams([req.query], req.beam_width)
+        (beams,) = await self._beams("query", [req.query], req.beam_width)
         paths, logp = beams.paths[: req.top_k], beams.log_probs[: req.top_k]
         t0 = time.perf_counter()
         stored = await self._bounded(
@@ -381,6 +399,7 @@ class SidService:
         part pads little) and the parts run side by side."""
         t0 = time.perf_counter()
         ids, mask = self.tokenizer.items(texts)
+        self._require_tokens("items", ids, mask)
         size = -(-len(texts) // self.batcher.workers)
         parts = list(length_batches(ids, mask, size))
         self.metrics.stage_seconds.labels("tokenise").observe(time.perf_counter() - t0)

@@ -221,6 +221,10 @@ def test_concurrent_requests_are_batched_and_exact(bundle_dir):
         ({"query": "drill", "min_depth": 3}, "min_depth"),
         ({"query": "drill", "beams": 4}, "beams"),
         ({"query": "drill", "order": "random"}, "order"),
+        ({"query": "drill", "beam_width": True}, "beam_width"),
+        ({"query": "drill", "candidates": "10"}, "candidates"),
+        ({"queries": ["ok", "\u200b\x00"]}, "queries[1]"),  # nothing the tokenizer keeps
+        ({"query": "\x01\u200b"}, "query: has no character"),
         ({"query": "a", "queries": ["b"]}, "query"),
         ({}, "query"),
     ],
@@ -309,6 +313,11 @@ def test_encode_matches_table_and_upsert_makes_items_retrievable(client, bundle_
         ({"items": [{"item_id": "", "text": "x"}]}, "item_id"),
         ({"items": [{"item_id": "a", "text": "x"}, {"item_id": "a", "text": "y"}]}, "distinct"),
         ({"items": [{"item_id": "a", "text": "x", "price": 3}]}, "price"),
+        ({"items": [{"item_id": "a", "text": "x"}], "upsert": "yes"}, "upsert"),
+        (
+            {"items": [{"item_id": "a", "text": "x"}, {"item_id": "b", "text": "\u200b"}]},
+            "items[1]",
+        ),
     ],
 )
 def test_bad_encode_input_is_422(client, body, field):
@@ -456,6 +465,8 @@ def test_serve_reports_bad_settings_in_one_line(monkeypatch, capsys, tmp_path):
         ({"query": " ", "item_ids": ["a"]}, "query"),
         ({"query": "drill", "item_ids": ["a"], "beam_width": 2, "top_k": 3}, "top_k"),
         ({"query": "drill", "item_ids": ["a"], "beam_width": 99}, "beam_width"),
+        ({"query": "\x00", "item_ids": ["a"]}, "query: has no character"),
+        ({"query": "drill", "item_ids": "a"}, "item_ids"),
     ],
 )
 def test_bad_relevance_input_is_422(client, body, field):
