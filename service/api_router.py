@@ -7,8 +7,10 @@ import time
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic_core import to_json
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import protocol as p
+from service.metrics import Metrics
 from service.serving import SidService
 
 router = APIRouter()
@@ -68,13 +70,32 @@ async def metrics(request: Request) -> Response:
     )
 
 
-async def time_requests(request: Request, call_next):
-    """Middleware: latency histogram and status counter per endpoint."""
-    start = time.perf_counter()
-    response = await call_next(request)
-    route = request.scope.get("route")
-    endpoint = getattr(route, "path", "unmatched")
-    m = request.app.state.service.metrics
-    m.request_seconds.labels(endpoint).observe(time.perf_counter() - start)
-    m.requests.labels(endpoint, str(response.status_code)).inc()
-    return response
+class RequestTiming:
+    """ASGI middleware: latency histogram and status counter per endpoint.
+
+    Plain ASGI rather than `@app.middleware("http")`: its `call_next` runs the app in a
+    separate task with memory streams between them (a fixed cost on every request), and an
+    exception escaping the app skipped the counter, so 500s went uncounted."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500  # unless a response starts: an exception escaping the app is a 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            endpoint = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.request_seconds.labels(endpoint).observe(time.perf_counter() - start)
+            self.metrics.requests.labels(endpoint, str(status)).inc()

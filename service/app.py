@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from service.api_router import router, time_requests
+from service.api_router import RequestTiming, router
 from service.errors import install_error_handlers
 from service.serving import SidService
 from service.settings import Settings
@@ -33,6 +33,6 @@ def create_app(settings: Settings, svc: SidService | None = None) -> FastAPI:
     )
     app.state.service = svc
     app.include_router(router)
-    app.middleware("http")(time_requests)
+    app.add_middleware(RequestTiming, metrics=svc.metrics)
     install_error_handlers(app, svc.metrics, settings.retry_after_s)
     return app

@@ -338,6 +338,23 @@ def test_relevance_reports_unknown_ids_per_item(client, bundle_dir):
     assert len(body["items"][0]["matched_depth"]) == len(body["sids"])
 
 
+def test_an_unexpected_error_is_a_logged_500_in_the_error_shape_and_counted(bundle_dir):
+    settings = Settings(bundle=bundle_dir)
+    app = create_app(settings)
+
+    async def broken(_req):
+        raise RuntimeError("boom")
+
+    app.state.service.query_sids = broken
+    with TestClient(app, raise_server_exceptions=False) as c:
+        r = c.post("/v1/query/sids", json={"query": "drill"})
+        assert r.status_code == 500
+        assert r.json() == {"error": "internal", "message": "internal error (RuntimeError)"}
+        text = c.get("/metrics").text
+    assert 'sidserve_requests_total{endpoint="/v1/query/sids",status="500"} 1.0' in text
+    assert 'sidserve_errors_total{kind="internal"} 1.0' in text
+
+
 def test_health_readiness_and_metrics(client):
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz").json()
@@ -346,7 +363,9 @@ def test_health_readiness_and_metrics(client):
     client.post("/v1/query/sids", json={"query": ""})
     text = client.get("/metrics").text
     for name in (
-        'sidserve_request_seconds_count{endpoint="/v1/query/sids"}',
+        'sidserve_request_seconds_count{endpoint="/v1/query/sids"} 2.0',
+        'sidserve_requests_total{endpoint="/v1/query/sids",status="200"} 1.0',
+        'sidserve_requests_total{endpoint="/v1/query/sids",status="422"} 1.0',
         'sidserve_stage_seconds_count{stage="encode"}',
         'sidserve_stage_seconds_count{stage="beam_search"}',
         'sidserve_stage_seconds_count{stage="store"}',
