@@ -3,7 +3,8 @@ writes a bundle, and that the tests run on a tiny model.
 
 Four checks, all required: logits (encoder → every decoder level along the text's own greedy
 path) within `LOGIT_TOLERANCE`; identical greedy item SIDs; item dense vectors within
-`VECTOR_TOLERANCE`; identical top-`beam` trie-constrained query beams. The PyTorch side
+`VECTOR_TOLERANCE`; the same top-`beam` trie-constrained query beams, where two paths whose
+scores differ by less than float noise may trade places (`same_beams`). The PyTorch side
 tokenises with the checkpoint's `transformers` tokenizer and the ONNX side with the bundle's
 `tokenizers` file, so tokenisation is covered too.
 """
@@ -41,6 +42,7 @@ class ParityReport:
     items_identical: int = 0
     queries_checked: int = 0
     queries_identical: int = 0
+    queries_tied: int = 0  # not identical, but only near-tied paths traded places
     failures: list[str] = field(default_factory=list)
 
     @property
@@ -49,7 +51,7 @@ class ParityReport:
             self.max_logit_diff <= LOGIT_TOLERANCE
             and self.max_vector_diff <= VECTOR_TOLERANCE
             and self.items_identical == self.items_checked
-            and self.queries_identical == self.queries_checked
+            and self.queries_identical + self.queries_tied == self.queries_checked
         )
 
     def summary(self) -> dict[str, Any]:
@@ -60,7 +62,39 @@ class ParityReport:
             "vector_tolerance": VECTOR_TOLERANCE,
             "items_identical": f"{self.items_identical}/{self.items_checked}",
             "query_beams_identical": f"{self.queries_identical}/{self.queries_checked}",
+            "query_beams_tied": self.queries_tied,
         }
+
+
+def beam_score_tolerance(levels: int) -> float:
+    """How far a path's score (summed log-softmax) may move when every logit moves by at most
+    `LOGIT_TOLERANCE`: each level's log-softmax by at most twice that."""
+    return 2 * levels * LOGIT_TOLERANCE
+
+
+def same_beams(
+    want: tuple[np.ndarray, np.ndarray], got: tuple[np.ndarray, np.ndarray], tolerance: float
+) -> bool:
+    """Whether two top-k lists of (paths (k, L), scores (k,)) agree up to float noise: the
+    same number of paths; rank by rank scores within `tolerance`; a path in both lists has
+    the same score in both; and a path in only one list scores within `tolerance` of the
+    other list's last, so it only traded places with a near-tied path at the cut-off."""
+    (w_paths, w_scores), (g_paths, g_scores) = want, got
+    if len(w_paths) != len(g_paths):
+        return False
+    if len(w_paths) == 0:
+        return True
+    if np.abs(np.asarray(w_scores) - np.asarray(g_scores)).max() > tolerance:
+        return False
+    w = {tuple(p): float(s) for p, s in zip(w_paths.tolist(), w_scores, strict=True)}
+    g = {tuple(p): float(s) for p, s in zip(g_paths.tolist(), g_scores, strict=True)}
+    for mine, other in ((w, g), (g, w)):
+        last = min(other.values())
+        for path, score in mine.items():
+            ref = other.get(path, last)
+            if abs(score - ref) > tolerance:
+                return False
+    return True
 
 
 @torch.no_grad()
@@ -134,9 +168,12 @@ def check_parity(
     trie = CompactTrie.from_codes(catalog_codes, [cfg.codebook_size] * cfg.levels)
     got = search_beams(onnx, tokenizer, query_texts, trie, beam)
     report.queries_checked = len(query_texts)
-    for text, (w_paths, _), (g_paths, _) in zip(query_texts, want, got, strict=True):
-        if np.array_equal(w_paths, g_paths):
+    tolerance = beam_score_tolerance(cfg.levels)
+    for text, w, g in zip(query_texts, want, got, strict=True):
+        if np.array_equal(w[0], g[0]):
             report.queries_identical += 1
+        elif same_beams(w, g, tolerance):
+            report.queries_tied += 1
         elif len(report.failures) < 10:
             report.failures.append(f"query {text!r}")
     return report

@@ -105,6 +105,35 @@ def test_beam_parity_over_a_full_trie(tiny_export):
     assert not bad.ok and bad.max_vector_diff > 0.01
 
 
+def _beams(rows: list[tuple[tuple[int, ...], float]]) -> tuple[np.ndarray, np.ndarray]:
+    return np.array([r[0] for r in rows]), np.array([r[1] for r in rows])
+
+
+def test_same_beams_allows_near_tied_paths_to_trade_places_and_nothing_else():
+    from export.parity import beam_score_tolerance, same_beams
+
+    tol = beam_score_tolerance(3)
+    assert tol == pytest.approx(6e-4)
+    want = _beams([((1, 2, 3), -1.0), ((4, 5, 6), -2.0), ((7, 8, 9), -2.0000008)])
+    assert same_beams(want, want, tol)
+    # seen on the Home Depot model: two paths 1e-6 apart came out in the other order
+    swapped = _beams([((1, 2, 3), -1.0), ((7, 8, 9), -2.0000001), ((4, 5, 6), -2.0000002)])
+    assert same_beams(want, swapped, tol)
+    # a near tie at the cut-off: the last path is another one of (nearly) the same score
+    cut = _beams([((1, 2, 3), -1.0), ((4, 5, 6), -2.0), ((0, 0, 1), -2.0000005)])
+    assert same_beams(want, cut, tol)
+    # not noise: a different path of a clearly different score, scores off, a missing path
+    other = _beams([((1, 2, 3), -1.0), ((4, 5, 6), -2.0), ((0, 0, 1), -1.5)])
+    assert not same_beams(want, other, tol)
+    off = _beams([((1, 2, 3), -1.01), ((4, 5, 6), -2.0), ((7, 8, 9), -2.0000008)])
+    assert not same_beams(want, off, tol)
+    one = _beams([((1, 2, 3), -1.0)])
+    assert not same_beams(want, one, tol) and same_beams(one, one, tol)
+    # the same scores by rank, but two paths far apart swapped: their own scores differ
+    far = _beams([((4, 5, 6), -1.0), ((1, 2, 3), -2.0), ((7, 8, 9), -2.0000008)])
+    assert not same_beams(want, far, tol)
+
+
 def test_tokenizer_json_matches_transformers(tiny_export):
     from transformers import AutoTokenizer
 
