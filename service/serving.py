@@ -19,6 +19,7 @@ from service.features import prefix_features
 from service.metrics import Metrics
 from service.onnx_model import codes_and_vectors
 from service.settings import Settings
+from service.sid_rows import SidRows
 from service.stores.base import Candidates, SidStore, StoreUnavailable, Vectors
 from service.tokenizer import BundleTokenizer, length_batches
 from service.trie import CompactTrie
@@ -87,10 +88,8 @@ class SidService:
         self.levels = bundle.levels
         self.tokenizer = BundleTokenizer(bundle.file(bundle.tokenizer.file), bundle.tokenizer)
         self.vectors = bundle.item_vectors  # (N, D) float32 or None
-        # item id -> row of `vectors` (only needed when there are vectors)
-        self._vector_row = (
-            {} if self.vectors is None else {i: n for n, i in enumerate(bundle.item_ids)}
-        )
+        # full SID -> row of `vectors` (only needed when there are vectors)
+        self._vector_rows = None if self.vectors is None else SidRows(bundle.item_sids)
         self._paths = np.unique(bundle.semantic_sids, axis=0)
         trie = CompactTrie.from_codes(self._paths, bundle.codebook_sizes)
         self.batcher = QueryBatcher(
@@ -236,7 +235,7 @@ class SidService:
                     logp,
                     c.item_ids,
                     c.sids,
-                    self._similarity(b.vector, c.item_ids, c.sids, c.vectors),
+                    self._similarity(b.vector, c.sids, c.vectors),
                     order,
                     req.candidates,
                 ),
@@ -257,20 +256,18 @@ class SidService:
             )
         return requested
 
-    def _similarity(
-        self, query: np.ndarray, ids: list[str], sids: np.ndarray, stored: Vectors
-    ) -> np.ndarray:
+    def _similarity(self, query: np.ndarray, sids: np.ndarray, stored: Vectors) -> np.ndarray:
         """(n,) cosine of the query's vector with each item's; NaN for items without one.
 
         An item's vector is the one the store holds from its last upsert (`stored`, by
-        position), else the bundle's while the store still holds the bundle's SID for it.
-        Both are read through the store, so every replica sees the same vector."""
-        out = np.full(len(ids), np.nan)
-        if self.vectors is None or not ids:
+        position), else the bundle's while the item still holds its bundle SID (a SID is
+        never reused, `sid_rows`). Both are read through the store, so every replica sees the
+        same vector."""
+        out = np.full(len(sids), np.nan)
+        if self._vector_rows is None or not len(sids):
             return out
-        rows = np.array([self._vector_row.get(i, -1) for i in ids])
+        rows = self._vector_rows.find(sids)
         known = rows >= 0
-        known[known] = (self.bundle.item_sids[rows[known]] == sids[known]).all(axis=1)
         known[list(stored)] = False
         out[known] = self.vectors[rows[known]] @ query
         for k, vector in stored.items():
@@ -341,7 +338,7 @@ class SidService:
         f = prefix_features(paths, logp, sids)
         position = {i: n for n, i in enumerate(known)}  # request position -> row of `sids`
         vectors = {position[i]: v for i, v in stored.vectors.items() if i in position}
-        similarity = self._similarity(beams.vector, [req.item_ids[i] for i in known], sids, vectors)
+        similarity = self._similarity(beams.vector, sids, vectors)
         items = [p.RelevanceItem(item_id=i, found=False) for i in req.item_ids]
         for n, i in enumerate(known):
             items[i] = p.RelevanceItem(

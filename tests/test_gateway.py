@@ -294,14 +294,13 @@ def test_encode_matches_table_and_upsert_makes_items_retrievable(client, bundle_
     # unless the store has one from an upsert. The move is simulated on the store's answer.
     svc: SidService = client.app.state.service
     query = np.ones(bundle.hidden_size, dtype=np.float32) / np.sqrt(bundle.hidden_size)
-    ids = [catalog.ids[1], catalog.ids[2]]
     stored = bundle.item_sids[1:3].copy()
-    sims = svc._similarity(query, ids, stored, {})
+    sims = svc._similarity(query, stored, {})
     np.testing.assert_allclose(sims, bundle.item_vectors[1:3] @ query, rtol=1e-6)
     stored[0, -1] += 100  # another disambiguation code: the store's SID is not the bundle's
-    moved_sims = svc._similarity(query, ids, stored, {})
+    moved_sims = svc._similarity(query, stored, {})
     assert np.isnan(moved_sims[0]) and moved_sims[1] == pytest.approx(sims[1], rel=1e-6)
-    upserted = svc._similarity(query, ids, stored, {0: query, 1: -query})
+    upserted = svc._similarity(query, stored, {0: query, 1: -query})
     np.testing.assert_allclose(upserted, [1.0, -1.0], rtol=1e-6)
 
 
