@@ -46,6 +46,44 @@ def stage_sums(url: str) -> dict[str, tuple[float, float]]:
     return {k: (v[0], v[1]) for k, v in out.items()}
 
 
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a live process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def redis_cpu_s(url: str) -> float:
+    import redis
+
+    info = redis.Redis.from_url(url).info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def cpu_per_request(run: dict, gateway_s: float, redis_s: float) -> dict[str, float]:
+    """ms of CPU per request (warm-up included, as the load generator counts its own) for the
+    gateway process, redis-server and the load generator."""
+    n = max(run["count"] + run["warmup"]["count"], 1)
+    return {
+        "gateway": 1e3 * gateway_s / n,
+        "redis": 1e3 * redis_s / n,
+        "loadgen": float(run["loadgen_cpu_ms_per_request"]),
+    }
+
+
+def measured_run(gw, redis_url: str, name: str, results: dict, *args) -> None:
+    """One load run with the gateway's stage sums and the CPU of every process around it."""
+    before = stage_sums(gw.url)
+    cpu0 = process_cpu_s(gw.process.pid), redis_cpu_s(redis_url)
+    results[name] = run = loadgen(*args)
+    cpu1 = process_cpu_s(gw.process.pid), redis_cpu_s(redis_url)
+    after = stage_sums(gw.url)
+    results[f"{name}_stages"] = {
+        k: (after[k][0] - before.get(k, (0, 0))[0], after[k][1] - before.get(k, (0, 0))[1])
+        for k in after
+    }
+    results[f"{name}_cpu"] = cpu_per_request(run, cpu1[0] - cpu0[0], cpu1[1] - cpu0[1])
+
+
 def loadgen(url: str, lines: Path, out: Path, *extra: str) -> dict:
     cmd = [sys.executable, str(ROOT / "loadtests" / "loadgen.py"), "--url", url]
     cmd += ["--queries", str(lines), "--out", str(out), *extra]
@@ -73,19 +111,15 @@ def http_runs(args, bundle: Path, queries: Path, titles: Path, work: Path) -> di
         if args.threads is not None:  # else the gateway's default (docs/gateway.md)
             env["SIDSERVE_ONNX_THREADS"] = str(args.threads)
         with running_gateway(bundle, env) as gw:
-            before = stage_sums(gw.url)
-            results["c1"] = loadgen(
-                gw.url, queries, work / "c1.json", "--concurrency", "1",
-                "--duration", str(args.duration), "--warmup", "3", "--body-extra", body,
+            measured_run(
+                gw, redis_url, "c1", results, gw.url, queries, work / "c1.json",
+                "--concurrency", "1", "--duration", str(args.duration), "--warmup", "3",
+                "--body-extra", body,
             )  # fmt: skip
-            after = stage_sums(gw.url)
-            results["stages"] = {
-                k: (after[k][0] - before.get(k, (0, 0))[0], after[k][1] - before.get(k, (0, 0))[1])
-                for k in after
-            }
-            results["c32"] = loadgen(
-                gw.url, queries, work / "c32.json", "--concurrency", "32",
-                "--duration", str(args.duration), "--warmup", "5", "--body-extra", body,
+            measured_run(
+                gw, redis_url, "c32", results, gw.url, queries, work / "c32.json",
+                "--concurrency", "32", "--duration", str(args.duration), "--warmup", "5",
+                "--body-extra", body,
             )  # fmt: skip
             results["encode"] = loadgen(
                 gw.url, titles, work / "encode.json", "--endpoint", "encode", "--batch", "64",
@@ -176,6 +210,21 @@ def verdict(ok: bool) -> str:
     return "met" if ok else "**not met**"
 
 
+STAGES = ("queue", "tokenise", "encode", "beam_search", "store", "scoring")
+
+
+def stage_table(*runs: dict[str, tuple[float, float]]) -> list[list[str]]:
+    """Rows (stage, then ms per query request and share of the handling time for each run),
+    with the time no stage accounts for (HTTP, validation, serialisation) last."""
+    rows: list[list[str]] = [[s] for s in STAGES] + [["HTTP, validation, serialisation (rest)"]]
+    for stages in runs:
+        total, requests = stages.get("/v1/query/sids", (0.0, 0.0))
+        spent = [stages.get(s, (0.0, 0.0))[0] for s in STAGES]
+        for row, sec in zip(rows, [*spent, total - sum(spent)], strict=True):
+            row += [f"{sec / max(requests, 1) * 1000:.2f}", f"{sec / max(total, 1e-9):.0%}"]
+    return rows
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--bundle", type=Path, default=ROOT / "runs" / "bundle")
@@ -212,24 +261,13 @@ def main() -> int:
     quantized = "quantization" in bundle.manifest
     hf_rows = [] if quantized else hf_comparison(args, args.bundle, queries)
     c1, c32, enc = http["c1"], http["c32"], http["encode"]
-    q_sum, q_count = http["stages"].get("/v1/query/sids", (0.0, 1.0))
-    stage_rows = []
-    for stage in ("queue", "tokenise", "encode", "beam_search", "store", "scoring"):
-        s, n = http["stages"].get(stage, (0.0, 0.0))
-        stage_rows.append(
-            [stage, f"{s / max(q_count, 1) * 1000:.2f}", f"{s / max(q_sum, 1e-9):.0%}"]
-        )
-    accounted = sum(
-        http["stages"].get(s, (0.0, 0.0))[0]
-        for s in ("queue", "tokenise", "encode", "beam_search", "store", "scoring")
-    )
-    stage_rows.append(
-        [
-            "HTTP, validation, serialisation (rest)",
-            f"{(q_sum - accounted) / max(q_count, 1) * 1000:.2f}",
-            f"{(q_sum - accounted) / max(q_sum, 1e-9):.0%}",
-        ]
-    )
+    stage_rows = stage_table(http["c1_stages"], http["c32_stages"])
+    q_sum, q_count = http["c1_stages"].get("/v1/query/sids", (0.0, 1.0))
+    cpu_rows = [
+        [name, *(f"{cpu[k]:.2f}" for k in ("gateway", "redis", "loadgen")),
+         f"{sum(cpu.values()):.2f}", f"{2000 / sum(cpu.values()):.0f}"]
+        for name, cpu in (("concurrency 1", http["c1_cpu"]), ("concurrency 32", http["c32_cpu"]))
+    ]  # fmt: skip
     hf_ratios = [float(r[5].rstrip("×")) for r in hf_rows]
     if quantized:
         hf_section = [
@@ -341,14 +379,27 @@ def main() -> int:
         "`/v1/items/encode` at batch 64 (catalog titles, no upsert): "
         f"**{enc.get('items_per_s', 0):.0f} items/s**.",
         "",
-        "## Where the time goes (concurrency 1, mean per query request, from /metrics)",
+        "## Where the time goes (mean ms per query request, from /metrics)",
         "",
-        *md_table(["stage", "ms", "share"], stage_rows),
+        "Stage seconds summed over the run, divided by its requests. At concurrency 32 a "
+        "batch's encoder and beam search are shared by its queries and two batches run side "
+        "by side, so that column is time per query on one worker, not latency.",
         "",
-        "Mean handling time inside the gateway: "
+        *md_table(["stage", "concurrency 1", "share", "concurrency 32", "share"], stage_rows),
+        "",
+        "Mean handling time inside the gateway at concurrency 1: "
         f"{q_sum / max(q_count, 1) * 1000:.2f} ms per request; "
         f"the client saw p50 {c1['p50_ms']:.1f} ms (the rest is the loopback HTTP round trip and "
         "the client).",
+        "",
+        "## CPU per request (ms, warm-up included)",
+        "",
+        "User + system CPU of each process over a load run, divided by its requests: the "
+        "gateway (`/proc`), redis-server (`INFO cpu`) and the load generator (its own "
+        "`process_time`). The last column is the rate at which the three together would use "
+        "both cores fully: the CPU-bound ceiling of this setup.",
+        "",
+        *md_table(["run", "gateway", "redis", "load generator", "total", "ceiling q/s"], cpu_rows),
         "",
         "## Beam search vs Hugging Face `generate` (same weights, same queries)",
         "",
