@@ -3,16 +3,19 @@
     python loadtests/loadgen.py --url http://127.0.0.1:8000 --queries queries.txt \
         --concurrency 8 --duration 10 --warmup 2 --endpoint query --out results.json
 
-N workers share one keep-alive `httpx.AsyncClient`; each sends its next request as soon as the
-previous one answered. Request k (counted from the start, warm-up included) is built from the
-input lines starting at line (k * batch) mod n, so every run sends the same sequence of bodies.
-Only requests *started* after the warm-up are measured. See loadtests/README.md for the output.
+N workers each own one keep-alive HTTP/1.1 connection (a minimal asyncio client, below); each
+sends its next request as soon as the previous one answered. Request k (counted from the start,
+warm-up included) is built from the input lines starting at line (k * batch) mod n, so every
+run sends the same sequence of bodies. Only requests *started* after the warm-up are measured.
+See loadtests/README.md for the output.
 
 Exit codes: 0 the run finished and the results were written; 1 no measured request succeeded
 (or the error rate exceeded --max-error-rate); 2 bad arguments or input, or the server was
 unreachable or unhealthy at start.
 
-Standard library + httpx only, so it runs from any environment that has httpx.
+Standard library only, so it runs from any Python 3.11. It does not use httpx: on a 2-core
+machine the generator shares the cores with the server it measures, and httpx cost about
+2.3 ms of CPU per request against the gateway's 7.6 (docs/gateway.md § Capacity planning).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import json
 import math
 import os
 import signal
+import ssl
 import sys
 import time
 from collections import Counter
@@ -32,8 +36,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-
-import httpx
+from urllib.parse import urlsplit
 
 SCHEMA = "sidserve.loadgen/1"
 PATHS = {"query": "/v1/query/sids", "encode": "/v1/items/encode"}
@@ -133,26 +136,192 @@ class Record:
     warmup_errors: int = 0
 
 
-# most specific first: httpx's own timeouts (per phase), then the total per-request deadline
-ERROR_KINDS: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], str], ...] = (
-    (httpx.ConnectTimeout, "connect_timeout"),
-    (httpx.ReadTimeout, "read_timeout"),
-    (httpx.WriteTimeout, "write_timeout"),
-    (httpx.PoolTimeout, "pool_timeout"),
-    ((TimeoutError, httpx.TimeoutException), "timeout"),
-    (httpx.ConnectError, "connect_error"),
-    (httpx.RemoteProtocolError, "remote_protocol_error"),
-    (httpx.ReadError, "read_error"),
-    (httpx.WriteError, "write_error"),
-    (httpx.TransportError, "transport_error"),
-)
+# --------------------------------------------------------------------------- HTTP/1.1 client
+
+
+class RequestError(Exception):
+    """A request that got no (complete) HTTP response; `kind` goes to errors_by_kind."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(detail)
+        self.kind = kind
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where to connect, from --url: http or https, host, port, and a path prefix."""
+
+    host: str
+    port: int
+    tls: bool
+    host_header: str
+    base_path: str
+
+    @classmethod
+    def parse(cls, url: str) -> Target:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise LoadgenError(f"--url must be http://host[:port] or https://…, got {url!r}")
+        try:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError as exc:
+            raise LoadgenError(f"--url {url!r}: {exc}") from exc
+        return cls(parts.hostname, port, parts.scheme == "https", parts.netloc, parts.path)
+
+    def head(self, method: str, path: str, length: int) -> bytes:
+        """The request line and headers of a JSON request with a body of `length` bytes."""
+        return (
+            f"{method} {self.base_path}{path} HTTP/1.1\r\nHost: {self.host_header}\r\n"
+            "Content-Type: application/json\r\nAccept: application/json\r\n"
+            f"Content-Length: {length}\r\n\r\n"
+        ).encode("latin-1")
+
+
+MAX_HEAD_BYTES = 64 * 1024
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection (asyncio streams), used by one worker at a time.
+
+    Any failure, or a deadline hit mid-request, closes it: the next request opens a fresh one,
+    so a late answer can never be read as the next request's. A connection the server closed
+    while idle (keep-alive timeout) is noticed before reuse and replaced."""
+
+    def __init__(self, target: Target, connect_timeout: float) -> None:
+        self.target, self.connect_timeout = target, connect_timeout
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        t = self.target
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                self.reader, self.writer = await asyncio.open_connection(
+                    t.host, t.port, ssl=ssl.create_default_context() if t.tls else None
+                )
+        except TimeoutError:
+            why = f"no connection within {self.connect_timeout:g} s"
+            raise RequestError("connect_timeout", why) from None
+        except OSError as exc:
+            raise RequestError("connect_error", str(exc) or type(exc).__name__) from exc
+        return self.reader, self.writer
+
+    async def request(self, head: bytes, body: bytes) -> tuple[int, bytes]:
+        """Send one request; (status, body) of the response. A reused connection that turns
+        out to be closed before any byte of the answer (the server ended it while idle, and
+        its FIN had not been seen yet) is replaced and the request sent once more, as HTTP
+        clients do."""
+        reused = self.reader is not None and not self.reader.at_eof()
+        if not reused:
+            self.close()
+            await self._connect()
+        try:
+            return await self._exchange(head, body)
+        except _Stale:
+            if not reused:
+                raise
+        self.close()
+        await self._connect()
+        return await self._exchange(head, body)
+
+    async def _exchange(self, head: bytes, body: bytes) -> tuple[int, bytes]:
+        reader, writer = self.reader, self.writer
+        assert reader is not None and writer is not None
+        try:
+            try:
+                writer.write(head + body)
+                await writer.drain()
+            except (BrokenPipeError, ConnectionResetError) as exc:
+                raise _Stale("write_error", str(exc) or type(exc).__name__) from exc
+            except OSError as exc:
+                raise RequestError("write_error", str(exc) or type(exc).__name__) from exc
+            try:
+                raw = await reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError as exc:
+                kind = _Stale if not exc.partial else RequestError
+                raise kind("remote_protocol_error", "connection closed before the answer") from exc
+            except ConnectionResetError as exc:
+                raise _Stale("read_error", str(exc) or type(exc).__name__) from exc
+            except asyncio.LimitOverrunError as exc:
+                raise RequestError("remote_protocol_error", "response head too large") from exc
+            except OSError as exc:
+                raise RequestError("read_error", str(exc) or type(exc).__name__) from exc
+            try:
+                status, length, chunked, keep = _parse_head(raw)
+                if chunked:
+                    payload = await _read_chunked(reader)
+                elif length is not None:
+                    payload = await reader.readexactly(length)
+                else:  # delimited by the end of the connection
+                    payload, keep = await reader.read(), False
+            except asyncio.IncompleteReadError as exc:
+                why = "connection closed mid-response"
+                raise RequestError("remote_protocol_error", why) from exc
+            except asyncio.LimitOverrunError as exc:
+                raise RequestError("remote_protocol_error", "chunk line too long") from exc
+            except OSError as exc:
+                raise RequestError("read_error", str(exc) or type(exc).__name__) from exc
+        except BaseException:  # including a deadline or cancellation mid-request
+            self.close()
+            raise
+        if not keep:
+            self.close()
+        return status, payload
+
+
+class _Stale(RequestError):
+    """The connection ended before any byte of the answer: on a reused connection, worth
+    one more try on a fresh one."""
+
+
+def _parse_head(raw: bytes) -> tuple[int, int | None, bool, bool]:
+    """Status line and headers -> (status, content length, chunked, keep-alive)."""
+    lines = raw.decode("latin-1").split("\r\n")
+    version, _, rest = lines[0].partition(" ")
+    code = rest[:3]
+    if not version.startswith("HTTP/1.") or not code.isdigit():
+        raise RequestError("remote_protocol_error", f"not an HTTP/1.x status line: {lines[0]!r}")
+    headers = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if sep:
+            headers[name.strip().lower()] = value.strip()
+    chunked = "chunked" in headers.get("transfer-encoding", "").lower()
+    length = None
+    if not chunked and "content-length" in headers:
+        if not headers["content-length"].isdigit():
+            raise RequestError("remote_protocol_error", "bad Content-Length")
+        length = int(headers["content-length"])
+    keep = headers.get("connection", "").lower() != "close" and version != "HTTP/1.0"
+    return int(code), length, chunked, keep
+
+
+async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
+    out = bytearray()
+    while True:
+        line = await reader.readuntil(b"\r\n")
+        try:
+            size = int(line.split(b";", 1)[0], 16)
+        except ValueError:
+            raise RequestError("remote_protocol_error", f"bad chunk size {line[:20]!r}") from None
+        if size == 0:
+            while await reader.readuntil(b"\r\n") != b"\r\n":  # trailers
+                pass
+            return bytes(out)
+        out += (await reader.readexactly(size + 2))[:-2]
 
 
 def error_kind(exc: BaseException) -> str:
     """A short, stable name for a failed request's exception."""
-    for cls, kind in ERROR_KINDS:
-        if isinstance(exc, cls):
-            return kind
+    if isinstance(exc, RequestError):
+        return exc.kind
+    if isinstance(exc, TimeoutError):
+        return "timeout"
     return f"exception:{type(exc).__name__}"
 
 
@@ -161,7 +330,7 @@ class Runner:
         self.args = args
         self.bodies = bodies
         self.path = PATHS[args.endpoint]
-        self.headers = {"content-type": "application/json", "accept": "application/json"}
+        self.target = Target.parse(args.url)
         self.rec = Record()
         self.next_k = 0  # next request index (warm-up included); asyncio: no lock needed
         self.measured_claimed = 0
@@ -182,38 +351,27 @@ class Runner:
                 t.cancel()
         self.stop.set()
 
-    def client(self) -> httpx.AsyncClient:
-        a = self.args
-        c = a.concurrency
-        return httpx.AsyncClient(
-            base_url=a.url,
-            http1=True,
-            http2=False,
-            trust_env=False,  # no proxies from the environment between us and the server
-            limits=httpx.Limits(
-                max_connections=c, max_keepalive_connections=c, keepalive_expiry=60.0
-            ),
-            timeout=httpx.Timeout(a.timeout, connect=a.connect_timeout, pool=a.timeout),
-            follow_redirects=False,
-        )
-
-    async def preflight(self, client: httpx.AsyncClient) -> None:
+    async def preflight(self) -> None:
         """GET --health-path until it answers 2xx, for at most --wait-ready seconds."""
         a = self.args
         if not a.health_path:
             return
         deadline = time.monotonic() + a.wait_ready
+        head = self.target.head("GET", a.health_path, 0)
         last = ""
         while True:
+            conn = Connection(self.target, a.connect_timeout)
             try:
                 async with asyncio.timeout(a.timeout):
-                    r = await client.get(a.health_path)
-                if 200 <= r.status_code < 300:
+                    status, _ = await conn.request(head, b"")
+                if 200 <= status < 300:
                     return
-                last = f"GET {a.health_path} answered {r.status_code}"
-            except (httpx.HTTPError, TimeoutError) as exc:
+                last = f"GET {a.health_path} answered {status}"
+            except (RequestError, TimeoutError) as exc:
                 why = str(exc) or f"no answer within {a.timeout:g} s"
                 last = f"{a.url} unreachable ({error_kind(exc)}: {why})"
+            finally:
+                conn.close()
             if time.monotonic() >= deadline:
                 raise LoadgenError(last)
             await asyncio.sleep(0.2)
@@ -234,24 +392,33 @@ class Runner:
         self.next_k += 1
         return k, measured
 
-    async def worker(self, client: httpx.AsyncClient) -> None:
+    async def worker(self) -> None:
+        """One closed-loop worker on its own keep-alive connection."""
+        conn = Connection(self.target, self.args.connect_timeout)
+        try:
+            await self._loop(conn)
+        finally:
+            conn.close()
+
+    async def _loop(self, conn: Connection) -> None:
         a = self.args
         rec = self.rec
         while (claim := self._claim()) is not None:
             k, measured = claim
             body = self.bodies.body(k)
+            head = self.target.head("POST", self.path, len(body))
             status: str | None = None
             kind: str | None = None
             start = time.perf_counter_ns()
             try:
                 async with asyncio.timeout(a.timeout):
-                    resp = await client.post(self.path, content=body, headers=self.headers)
-                status = str(resp.status_code)
-                if not 200 <= resp.status_code < 300:
-                    kind = f"http_{resp.status_code}"
+                    code, payload = await conn.request(head, body)
+                status = str(code)
+                if not 200 <= code < 300:
+                    kind = f"http_{code}"
                 elif a.validate:
                     try:
-                        got = expected_count(resp.json(), a.endpoint)
+                        got = expected_count(json.loads(payload), a.endpoint)
                     except ValueError:
                         got = -1
                     if got != self.bodies.batch:
@@ -280,32 +447,31 @@ class Runner:
 
     async def run(self) -> None:
         a = self.args
-        async with self.client() as client:
-            await self.preflight(client)
-            self.t0_ns = time.perf_counter_ns()
-            cpu0 = time.process_time()
-            self.measure_start_ns = self.t0_ns + int(a.warmup * 1e9)
-            if a.duration is not None:
-                self.end_ns = self.measure_start_ns + int(a.duration * 1e9)
-                # in-flight requests end within --timeout; then a little slack
-                hard_limit = a.warmup + a.duration + a.timeout + 5.0
-            else:
-                hard_limit = a.max_time
-            workers = [asyncio.create_task(self.worker(client)) for _ in range(a.concurrency)]
-            self.workers = workers
-            _, pending = await asyncio.wait(workers, timeout=hard_limit)
-            if pending:
-                self.truncated = True
-                for t in pending:
-                    t.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
-            for t in workers:
-                exc = None if t.cancelled() else t.exception()
-                if exc is not None:  # a bug in the worker, not a failed request
-                    raise exc
-            self.cpu_s = time.process_time() - cpu0
-            if self.stop.is_set():
-                self.truncated = True
+        await self.preflight()
+        self.t0_ns = time.perf_counter_ns()
+        cpu0 = time.process_time()
+        self.measure_start_ns = self.t0_ns + int(a.warmup * 1e9)
+        if a.duration is not None:
+            self.end_ns = self.measure_start_ns + int(a.duration * 1e9)
+            # in-flight requests end within --timeout; then a little slack
+            hard_limit = a.warmup + a.duration + a.timeout + 5.0
+        else:
+            hard_limit = a.max_time
+        workers = [asyncio.create_task(self.worker()) for _ in range(a.concurrency)]
+        self.workers = workers
+        _, pending = await asyncio.wait(workers, timeout=hard_limit)
+        if pending:
+            self.truncated = True
+            for t in pending:
+                t.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+        for t in workers:
+            exc = None if t.cancelled() else t.exception()
+            if exc is not None:  # a bug in the worker, not a failed request
+                raise exc
+        self.cpu_s = time.process_time() - cpu0
+        if self.stop.is_set():
+            self.truncated = True
 
 
 # --------------------------------------------------------------------------- results
