@@ -253,7 +253,9 @@ class Connection:
                 raise RequestError("read_error", str(exc) or type(exc).__name__) from exc
             try:
                 status, length, chunked, keep = _parse_head(raw)
-                if chunked:
+                if status in (204, 304) or status < 200:  # never a body (RFC 9112 6.3)
+                    payload = b""
+                elif chunked:
                     payload = await _read_chunked(reader)
                 elif length is not None:
                     payload = await reader.readexactly(length)

@@ -17,8 +17,8 @@ import pytest
 from loadtests import loadgen
 
 # handler(method, path, body) -> (status, body, framing); framing: "length", "chunked",
-# "close" (no length, the connection ends the body), "hang" (never answers), "cut" (closes
-# the connection half-way through the body)
+# "none" (no body and no length), "close" (no length, the connection ends the body), "hang"
+# (never answers), "cut" (closes the connection half-way through the body)
 Handler = Callable[[str, str, bytes], tuple[int, bytes, str]]
 
 
@@ -78,6 +78,8 @@ async def _serve_one(server: StubServer, reader, writer) -> None:
                 writer.write(
                     f"{start}Transfer-Encoding: chunked\r\n\r\n".encode() + chunks + b"0\r\n\r\n"
                 )
+            elif framing == "none":  # no body, no length (e.g. 204)
+                writer.write(f"{start}\r\n".encode())
             elif framing == "close":
                 writer.write(f"{start}Connection: close\r\n\r\n".encode() + payload)
                 await writer.drain()
@@ -167,6 +169,18 @@ def test_counts_every_request_and_keeps_connections_alive(stub, queries, tmp_pat
     # one connection for the health check, then one per worker, unless the server closes them
     expected = 1 + (60 if framing == "close" else 3)
     assert server.connections == expected
+
+
+def test_a_204_without_length_is_an_empty_answer_not_a_wait(stub, queries, tmp_path):
+    def handle(method: str, path: str, body: bytes) -> tuple[int, bytes, str]:
+        return (200, b"{}", "length") if method == "GET" else (204, b"", "none")
+
+    server = stub(handle)
+    code, r = run(server.url, queries, tmp_path / "r.json", "--requests", "5", "--concurrency",
+                  "1", "--timeout", "2")  # fmt: skip
+    assert code == 0 and r["ok"] == 5 and r["status_codes"] == {"204": 5}
+    assert r["max_ms"] < 1000
+    assert server.connections == 2  # the connection stays open across the answers
 
 
 def test_a_connection_the_server_closed_while_idle_is_replaced(stub, queries, tmp_path):
