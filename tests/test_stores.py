@@ -672,3 +672,27 @@ def test_store_modules_do_not_import_training_or_torch() -> None:
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
+
+
+def test_parse_sids_reads_every_code_and_rejects_anything_else() -> None:
+    from service.stores.base import parse_sids
+
+    got = parse_sids(["12-5-201-0", "0-0-0-17", "255-255-255-4096"], 4)
+    assert got.dtype == np.int32
+    assert got.tolist() == [[12, 5, 201, 0], [0, 0, 0, 17], [255, 255, 255, 4096]]
+    assert parse_sids([], 4).shape == (0, 4)
+    for bad in (
+        ["1-2-3"],  # too few codes
+        ["1-2-3-4-5"],  # too many
+        ["1-2-3-4", "1-2-3"],
+        ["1-2-3 4"],  # whitespace, signs and other characters are not SIDs
+        ["1-2-+3-4"],
+        ["1-2-x-4"],
+        ["1-2-²-4"],  # a digit, but not an ASCII one
+        ["1--2-3"],  # an empty code
+        ["-1-2-3"],
+        ["1-2-3-"],
+        [""],
+    ):
+        with pytest.raises(ValueError):
+            parse_sids(bad, 4)

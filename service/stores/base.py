@@ -139,11 +139,23 @@ class SidStore(Protocol):
     def stats(self) -> dict[str, Any]: ...
 
 
+_DIGITS_AND_DASHES = str.maketrans("", "", "0123456789-")
+
+
 def parse_sids(texts: Sequence[str], width: int) -> np.ndarray:
-    """'-'-joined SID strings -> (n, width) int32."""
+    """'-'-joined SID strings -> (n, width) int32; ValueError for other characters, empty
+    codes, or a total other than n * width codes.
+
+    It runs on the event loop for every candidate of a query (500 by default): one C-level
+    parse of the joined text, about 4x faster than numpy converting a list of strings. Only
+    ASCII digits and single inner dashes pass the check, so the parse reads every code."""
     if not texts:
         return np.zeros((0, width), dtype=np.int32)
-    flat = np.array("-".join(texts).split("-"), dtype=np.int64)
+    joined = "-".join(texts)
+    dashes_ok = "--" not in joined and not joined.startswith("-") and not joined.endswith("-")
+    if not joined or joined.translate(_DIGITS_AND_DASHES) or not dashes_ok:
+        raise ValueError(f"not SIDs (digits joined by '-'): {list(texts)[:3]}")
+    flat = np.fromstring(joined, dtype=np.int64, sep="-")
     if flat.size != len(texts) * width:
         raise ValueError(f"SIDs with other than {width} codes among {list(texts)[:3]}")
     return flat.reshape(len(texts), width).astype(np.int32)
