@@ -55,7 +55,7 @@ class LoadgenError(Exception):
 class Bodies:
     """The deterministic sequence of request bodies: request k starts at line (k*batch) mod n.
 
-    Bodies are serialised once per start offset and reused (there are at most n distinct ones).
+    Requests are serialised once per start offset and reused (there are at most n distinct ones).
     For `encode` the item ids are `<id_prefix><line number>`, so they repeat across cycles (an
     upsert rewrites the same ids) and are distinct within a request as long as batch <= n.
     """
@@ -96,10 +96,14 @@ class Bodies:
         return body
 
     def body(self, k: int) -> bytes:
+        return json.dumps(self.payload(k), ensure_ascii=False).encode("utf-8")
+
+    def request(self, k: int, target: Target, path: str) -> bytes:
+        """The whole POST of request k (head and body), built once per start line."""
         start = (k * self.batch) % len(self.lines)
         cached = self._cache.get(start)
         if cached is None:
-            cached = json.dumps(self.payload(k), ensure_ascii=False).encode("utf-8")
+            cached = target.request("POST", path, self.body(k))
             self._cache[start] = cached
         return cached
 
@@ -168,16 +172,14 @@ class Target:
             raise LoadgenError(f"--url {url!r}: {exc}") from exc
         return cls(parts.hostname, port, parts.scheme == "https", parts.netloc, parts.path)
 
-    def head(self, method: str, path: str, length: int) -> bytes:
-        """The request line and headers of a JSON request with a body of `length` bytes."""
-        return (
+    def request(self, method: str, path: str, body: bytes) -> bytes:
+        """The bytes of a JSON request: request line, headers and body."""
+        head = (
             f"{method} {self.base_path}{path} HTTP/1.1\r\nHost: {self.host_header}\r\n"
             "Content-Type: application/json\r\nAccept: application/json\r\n"
-            f"Content-Length: {length}\r\n\r\n"
-        ).encode("latin-1")
-
-
-MAX_HEAD_BYTES = 64 * 1024
+            f"Content-Length: {len(body)}\r\n\r\n"
+        )
+        return head.encode("latin-1") + body
 
 
 class Connection:
@@ -211,7 +213,7 @@ class Connection:
             raise RequestError("connect_error", str(exc) or type(exc).__name__) from exc
         return self.reader, self.writer
 
-    async def request(self, head: bytes, body: bytes) -> tuple[int, bytes]:
+    async def request(self, data: bytes) -> tuple[int, bytes]:
         """Send one request; (status, body) of the response. A reused connection that turns
         out to be closed before any byte of the answer (the server ended it while idle, and
         its FIN had not been seen yet) is replaced and the request sent once more, as HTTP
@@ -221,20 +223,20 @@ class Connection:
             self.close()
             await self._connect()
         try:
-            return await self._exchange(head, body)
+            return await self._exchange(data)
         except _Stale:
             if not reused:
                 raise
         self.close()
         await self._connect()
-        return await self._exchange(head, body)
+        return await self._exchange(data)
 
-    async def _exchange(self, head: bytes, body: bytes) -> tuple[int, bytes]:
+    async def _exchange(self, data: bytes) -> tuple[int, bytes]:
         reader, writer = self.reader, self.writer
         assert reader is not None and writer is not None
         try:
             try:
-                writer.write(head + body)
+                writer.write(data)
                 await writer.drain()
             except (BrokenPipeError, ConnectionResetError) as exc:
                 raise _Stale("write_error", str(exc) or type(exc).__name__) from exc
@@ -359,13 +361,13 @@ class Runner:
         if not a.health_path:
             return
         deadline = time.monotonic() + a.wait_ready
-        head = self.target.head("GET", a.health_path, 0)
+        data = self.target.request("GET", a.health_path, b"")
         last = ""
         while True:
             conn = Connection(self.target, a.connect_timeout)
             try:
                 async with asyncio.timeout(a.timeout):
-                    status, _ = await conn.request(head, b"")
+                    status, _ = await conn.request(data)
                 if 200 <= status < 300:
                     return
                 last = f"GET {a.health_path} answered {status}"
@@ -407,14 +409,13 @@ class Runner:
         rec = self.rec
         while (claim := self._claim()) is not None:
             k, measured = claim
-            body = self.bodies.body(k)
-            head = self.target.head("POST", self.path, len(body))
+            data = self.bodies.request(k, self.target, self.path)
             status: str | None = None
             kind: str | None = None
             start = time.perf_counter_ns()
             try:
                 async with asyncio.timeout(a.timeout):
-                    code, payload = await conn.request(head, body)
+                    code, payload = await conn.request(data)
                 status = str(code)
                 if not 200 <= code < 300:
                     kind = f"http_{code}"
