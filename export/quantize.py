@@ -4,9 +4,9 @@ agreement against fp32.
 Dynamic quantisation (int8 weights, activations quantised per batch at run time) needs no
 calibration data. At batch 1 both graphs are bound by reading their weights (42 MB of encoder
 layers; 12.5 MB of decoder step per level with one decoder layer, 22 MB with two), so int8
-weights are what makes them faster. It
-changes the states slightly, so near-tied codes can flip: the agreement of item codes with the
-fp32 graphs is measured on catalog items and printed.
+weights are what makes them faster. It changes the states slightly, so near-tied codes can
+flip: the agreement of item codes with the fp32 graphs is measured on catalog items and
+printed.
 """
 
 from __future__ import annotations
