@@ -53,11 +53,10 @@ class LoadgenError(Exception):
 
 
 class Bodies:
-    """The deterministic sequence of request bodies: request k starts at line (k*batch) mod n.
-
-    Requests are serialised once per start offset and reused (there are at most n distinct ones).
-    For `encode` the item ids are `<id_prefix><line number>`, so they repeat across cycles (an
-    upsert rewrites the same ids) and are distinct within a request as long as batch <= n.
+    """The deterministic sequence of request bodies: request k starts at line (k*batch) mod n,
+    so there are at most n distinct ones. For `encode` the item ids are
+    `<id_prefix><line number>`, so they repeat across cycles (an upsert rewrites the same ids)
+    and are distinct within a request as long as batch <= n.
     """
 
     def __init__(
@@ -77,11 +76,14 @@ class Bodies:
         self.batch = batch
         self.extra = extra
         self.id_prefix = id_prefix
-        self._cache: dict[int, bytes] = {}
+
+    def start(self, k: int) -> int:
+        """The line request k starts at."""
+        return (k * self.batch) % len(self.lines)
 
     def payload(self, k: int) -> dict[str, Any]:
         n = len(self.lines)
-        start = (k * self.batch) % n
+        start = self.start(k)
         idx = [(start + j) % n for j in range(self.batch)]
         body: dict[str, Any]
         if self.endpoint == "query":
@@ -97,15 +99,6 @@ class Bodies:
 
     def body(self, k: int) -> bytes:
         return json.dumps(self.payload(k), ensure_ascii=False).encode("utf-8")
-
-    def request(self, k: int, target: Target, path: str) -> bytes:
-        """The whole POST of request k (head and body), built once per start line."""
-        start = (k * self.batch) % len(self.lines)
-        cached = self._cache.get(start)
-        if cached is None:
-            cached = target.request("POST", path, self.body(k))
-            self._cache[start] = cached
-        return cached
 
 
 def read_lines(path: Path) -> list[str]:
@@ -335,6 +328,7 @@ class Runner:
         self.bodies = bodies
         self.path = PATHS[args.endpoint]
         self.target = Target.parse(args.url)
+        self._requests: dict[int, bytes] = {}  # whole POSTs by start line, built once each
         self.rec = Record()
         self.next_k = 0  # next request index (warm-up included); asyncio: no lock needed
         self.measured_claimed = 0
@@ -380,6 +374,15 @@ class Runner:
                 raise LoadgenError(last)
             await asyncio.sleep(0.2)
 
+    def _request(self, k: int) -> bytes:
+        """The bytes of request k (head and body), serialised once per start line."""
+        start = self.bodies.start(k)
+        data = self._requests.get(start)
+        if data is None:
+            data = self.target.request("POST", self.path, self.bodies.body(k))
+            self._requests[start] = data
+        return data
+
     def _claim(self) -> tuple[int, bool] | None:
         """The next request's index and whether it is measured; None when the worker stops."""
         if self.stop.is_set():
@@ -409,7 +412,7 @@ class Runner:
         rec = self.rec
         while (claim := self._claim()) is not None:
             k, measured = claim
-            data = self.bodies.request(k, self.target, self.path)
+            data = self._request(k)
             status: str | None = None
             kind: str | None = None
             start = time.perf_counter_ns()
