@@ -696,3 +696,23 @@ def test_parse_sids_reads_every_code_and_rejects_anything_else() -> None:
     ):
         with pytest.raises(ValueError):
             parse_sids(bad, 4)
+
+
+def test_parse_sid_text_reads_the_ranking_scripts_reply() -> None:
+    from service.stores.base import parse_sid_text
+
+    got = parse_sid_text("12-5-201-0,0-0-0-17", 2, 4)
+    assert got.dtype == np.int32 and got.tolist() == [[12, 5, 201, 0], [0, 0, 0, 17]]
+    assert parse_sid_text("", 0, 4).shape == (0, 4)
+    for text, n in (
+        ("12-5-201-0,0-0-0-17", 1),  # more SIDs than ids
+        ("12-5-201-0", 2),  # fewer
+        ("12-5-201-0,", 1),  # an empty SID
+        (",12-5-201-0", 1),
+        ("12-5-201-0,,0-0-0-17", 2),
+        ("12-5-201-0;0-0-0-17", 2),  # another separator
+        ("1-2-3-4", 0),
+        ("", 1),
+    ):
+        with pytest.raises(ValueError):
+            parse_sid_text(text, n, 4)

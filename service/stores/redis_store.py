@@ -13,9 +13,9 @@ version lives in one slot, so the transactions and the upsert script stay cluste
 
 Versions never share a key, so a new model is loaded beside the serving one and switched to
 with one SET of `sidserve:active` (`sidserve load-items --activate`). Each list entry carries
-the SID as well as the id, so `candidates_many` is a single MULTI/EXEC of one ranking
-script per query (PICK_LUA, which also reads the picked items' upserted vectors) for a whole
-batch: one round trip, read from one consistent snapshot. `upsert` is one Lua script
+the SID as well as the id, so `candidates_many` is one call of a ranking script for a whole
+batch (PICK_LUA, which also reads the picked items' upserted vectors): one round trip, read
+from one consistent snapshot (a script runs atomically). `upsert` is one Lua script
 (atomic), `get_sids` one HMGET, `lookup`, `preview` and `ping` one pipeline each. Every call
 runs under a deadline of `timeout_s` (socket timeouts too), and connection failures and
 timeouts become StoreUnavailable (a 503).
@@ -49,6 +49,7 @@ from service.stores.base import (
     check_vectors,
     fetch_size,
     format_sid,
+    parse_sid_text,
     parse_sids,
     plan_probes,
 )
@@ -57,34 +58,45 @@ ACTIVE_KEY = "sidserve:active"
 UNAVAILABLE_ERRORS = (RedisConnectionError, RedisTimeoutError, TimeoutError, OSError)
 _VERSION = re.compile(r"[0-9A-Za-z._-]{1,64}")
 
-# KEYS: the prefix lists of one query in `plan_probes` order, then the vector hash. ARGV:
-# limit. The ranking of `pick_ranked` run inside Redis: only the (at most `limit`) picked
-# entries travel back, not `limit` entries of every list (3,000 strings for 10 beams x 3
-# levels x 100), whose parsing in the gateway's event loop was the largest cost under load.
-# Returns {picked entries, their upserted vectors (false = none; empty while no item has one)}.
+# KEYS: the prefix lists of every query of a batch, query after query, each query's in
+# `plan_probes` order, then the vector hash. ARGV: limit, then each query's number of lists.
+# The ranking of `pick_ranked` run inside Redis, for the whole batch in one atomic call: only
+# the (at most `limit`) picked entries travel back, not `limit` entries of every list (3,000
+# strings for 10 beams x 3 levels x 100), whose parsing in the gateway's event loop was the
+# largest cost under load. Each entry is split here too: a query's reply is {its SIDs joined
+# by ',', its item ids joined by newlines (which no id holds, `check_items`), their upserted
+# vectors (false = none; empty while no item has one)}, so the gateway splits two strings per
+# query instead of decoding and splitting 500 (`parse_sid_text`).
 PICK_LUA = """
-local limit, lists, vec = tonumber(ARGV[1]), #KEYS - 1, KEYS[#KEYS]
-local out, seen = {}, {}
-for i = 1, lists do
-  for _, entry in ipairs(redis.call('LRANGE', KEYS[i], 0, limit - 1)) do
-    if not seen[entry] then
-      seen[entry] = true
-      out[#out + 1] = entry
-      if #out == limit then break end
+local limit, vec = tonumber(ARGV[1]), KEYS[#KEYS]
+local with_vectors = redis.call('HLEN', vec) > 0
+local replies, first = {}, 1
+for q = 2, #ARGV do
+  local last = first + tonumber(ARGV[q]) - 1
+  local sids, ids, seen = {}, {}, {}
+  for i = first, last do
+    for _, entry in ipairs(redis.call('LRANGE', KEYS[i], 0, limit - 1)) do
+      if not seen[entry] then
+        seen[entry] = true
+        local bar = string.find(entry, '|', 1, true)
+        sids[#sids + 1] = string.sub(entry, 1, bar - 1)
+        ids[#ids + 1] = string.sub(entry, bar + 1)
+        if #ids == limit then break end
+      end
+    end
+    if #ids == limit then break end
+  end
+  first = last + 1
+  local vectors = {}
+  if with_vectors and #ids > 0 then
+    for s = 1, #ids, 256 do
+      local got = redis.call('HMGET', vec, unpack(ids, s, math.min(s + 255, #ids)))
+      for k, v in ipairs(got) do vectors[s + k - 1] = v end
     end
   end
-  if #out == limit then break end
+  replies[#replies + 1] = {table.concat(sids, ','), table.concat(ids, '\\n'), vectors}
 end
-local vectors = {}
-if #out > 0 and redis.call('HLEN', vec) > 0 then
-  local ids = {}
-  for k, entry in ipairs(out) do ids[k] = string.match(entry, '^[^|]*|(.*)$') end
-  for s = 1, #ids, 256 do
-    local got = redis.call('HMGET', vec, unpack(ids, s, math.min(s + 255, #ids)))
-    for k, v in ipairs(got) do vectors[s + k - 1] = v end
-  end
-end
-return {out, vectors}
+return replies
 """
 
 # KEYS: sid hash, next hash, meta hash, vector hash. ARGV: prefix-list key stem, then (item id,
@@ -258,17 +270,14 @@ class RedisStore:
         plans = [plan_probes(p, self.levels, min_depth) if limit > 0 else [] for p in paths]
         if not any(plans):
             return [Candidates.empty(self.levels) for _ in plans]
-        size = fetch_size(limit)
-        async with self._guard("candidates"), self._client.pipeline(transaction=True) as pipe:
-            for probes in plans:
-                keys = [self.keys.prefix_list(probe.prefix) for probe in probes]
-                await self._pick(keys=[*keys, self.keys.vectors], args=[size], client=pipe)
-            picks = await pipe.execute()
+        keys = [self.keys.prefix_list(probe.prefix) for probes in plans for probe in probes]
+        args = [fetch_size(limit), *(len(probes) for probes in plans)]
+        async with self._guard("candidates"):
+            picks = await self._pick(keys=[*keys, self.keys.vectors], args=args)
         out = []
-        for picked, vectors in picks:
-            entries = [entry.partition("|") for entry in picked]
-            sids = parse_sids([sid for sid, _, _ in entries], self.levels + 1)
-            ids = [item_id for _, _, item_id in entries]
+        for sid_text, id_text, vectors in picks:
+            ids = id_text.split("\n") if id_text else []
+            sids = parse_sid_text(sid_text, len(ids), self.levels + 1)
             out.append(Candidates(ids, sids, decode_vectors(vectors)))
         return out
 
