@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from pathlib import Path
 
@@ -374,6 +375,16 @@ def test_health_readiness_and_metrics(client):
         "sidserve_model_info{",
     ):
         assert name in text, name
+
+
+def test_the_startup_heap_is_frozen_while_serving_and_released_after(bundle_dir):
+    """Full collections under load walk only what requests allocate (docs/gateway.md)."""
+    gc.unfreeze()
+    with TestClient(create_app(Settings(bundle=bundle_dir))) as c:
+        frozen = gc.get_freeze_count()
+        assert frozen > 10_000  # the libraries and the bundle: tens of thousands of objects
+        assert c.post("/v1/query/sids", json={"query": "drill"}).status_code == 200
+    assert gc.get_freeze_count() == 0
 
 
 def test_openapi_documents_the_endpoints(client):
