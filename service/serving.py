@@ -288,22 +288,21 @@ class SidService:
         (the store's order is the beam order, which also breaks ties)."""
         if not ids:
             return []
-        f = prefix_features(paths, logp, sids)
         order = np.arange(len(ids))
         if order_by != "beam":
             worst_first = np.where(np.isnan(similarity), np.inf, -similarity)  # no vector: last
-            keys = (
-                (order, worst_first)
-                if order_by == "similarity"
-                else (order, worst_first, -f.max_depth)
-            )
+            if order_by == "similarity":
+                keys = (order, worst_first)
+            else:
+                keys = (order, worst_first, -prefix_features(paths, logp, sids).max_depth)
             order = np.lexsort(keys)
         order = order[:limit]
-        # only the returned rows become Python objects (the pool may be 10x larger)
-        depth, best, score = f.depth[order].tolist(), f.max_depth[order], f.score[order]
-        rank, lp, sim = f.best_rank[order], f.best_log_prob[order], similarity[order]
-        best, score, rank = best.tolist(), score.tolist(), rank.tolist()
-        lp, sim, rows = lp.tolist(), sim.tolist(), sids[order].tolist()
+        # features and Python objects only for the returned rows (the pool may be 5x larger)
+        picked = sids[order]
+        f = prefix_features(paths, logp, picked)
+        depth, best, score = f.depth.tolist(), f.max_depth.tolist(), f.score.tolist()
+        rank, lp = f.best_rank.tolist(), f.best_log_prob.tolist()
+        sim, rows = similarity[order].tolist(), picked.tolist()
         return [
             {
                 "item_id": ids[n],

@@ -67,3 +67,18 @@ def test_trie_children_and_errors():
         Trie(np.empty((0, 2), dtype=int))
     with pytest.raises(ValueError):
         trie_beam_search(trie, 0, lambda *a: (np.zeros(0), []))
+
+
+def test_sid_text_round_trips_for_every_kind_of_code():
+    from sidserve.sids import format_sid as fmt
+    from sidserve.sids import parse_sid
+
+    rows = [[12, 5, 201, 0], [0, 0, 0, 4095], [255, 3, 7, 4096], [1, 2, 3, 10**9]]
+    for row in rows:
+        text = "-".join(str(c) for c in row)
+        assert fmt(row) == fmt(np.array(row, dtype=np.int32)) == fmt(tuple(row)) == text
+        assert parse_sid(text) == row
+    assert fmt(np.array([7], dtype=np.int64)) == "7" and fmt([]) == ""
+    assert fmt([-1, 3]) == "-1-3"  # never a table entry from the far end
+    with pytest.raises(ValueError):
+        parse_sid("-1-3")
