@@ -23,7 +23,7 @@ def create_app(settings: Settings, svc: SidService | None = None) -> FastAPI:
         await svc.start()
         # Everything alive now (libraries, the bundle) lives as long as the process. Out of
         # the collector's sight, a full collection under load walks only request garbage:
-        # it took 50-65 ms every 2 s at 32 clients (a stall of the event loop) before this.
+        # it took 49-64 ms every 2 s at 32 clients (a stall of the event loop) before this.
         gc.collect()
         gc.freeze()
         try:
