@@ -64,9 +64,10 @@ _VERSION = re.compile(r"[0-9A-Za-z._-]{1,64}")
 # the (at most `limit`) picked entries travel back, not `limit` entries of every list (3,000
 # strings for 10 beams x 3 levels x 100), whose parsing in the gateway's event loop was the
 # largest cost under load. Each entry is split here too: a query's reply is {its SIDs joined
-# by ',', its item ids joined by newlines (which no id holds, `check_items`), their upserted
-# vectors (false = none; empty while no item has one)}, so the gateway splits two strings per
-# query instead of decoding and splitting 500 (`parse_sid_text`).
+# by ',', its item ids joined by newlines (which no id holds: the bundle keeps one id per line
+# and upserts reject them, `check_items`), their upserted vectors (false = none; empty while
+# no item has one)}, so the gateway splits two strings per query instead of decoding and
+# splitting 500 (`parse_sid_text`).
 PICK_LUA = """
 local limit, vec = tonumber(ARGV[1]), KEYS[#KEYS]
 local with_vectors = redis.call('HLEN', vec) > 0
