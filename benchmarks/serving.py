@@ -93,21 +93,30 @@ def loadgen(url: str, lines: Path, out: Path, *extra: str) -> dict:
     return json.loads(out.read_text())
 
 
-def http_runs(args, bundle: Path, queries: Path, titles: Path, work: Path) -> dict:
-    from tests.redis_server import running_redis
+def load_items(bundle: Path, redis_url: str) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "sidserve.cli", "load-items", "--bundle", str(bundle)]
+        + ["--redis-url", redis_url],
+        check=True,
+        cwd=ROOT,
+    )
 
+
+def redis_binary() -> str:
     binary = shutil.which("redis-server")
     if binary is None:
         raise SystemExit("redis-server is not on PATH: apt-get install -y redis-server")
+    return binary
+
+
+def http_runs(args, bundle: Path, queries: Path, titles: Path, work: Path) -> dict:
+    from tests.redis_server import running_redis
+
+    binary = redis_binary()
     results: dict = {}
     body = json.dumps(SEARCH)
     with running_redis(binary) as redis_url:
-        subprocess.run(
-            [sys.executable, "-m", "sidserve.cli", "load-items", "--bundle", str(bundle)]
-            + ["--redis-url", redis_url],
-            check=True,
-            cwd=ROOT,
-        )
+        load_items(bundle, redis_url)
         env = {"SIDSERVE_REDIS_URL": redis_url}
         if args.threads is not None:  # else the gateway's default (docs/gateway.md)
             env["SIDSERVE_ONNX_THREADS"] = str(args.threads)

@@ -39,9 +39,14 @@ class GatewayProcess:
 
 @contextlib.contextmanager
 def running_gateway(
-    bundle: Path, env: dict[str, str] | None = None, timeout: float = 120.0, quiet: bool = True
+    bundle: Path,
+    env: dict[str, str] | None = None,
+    timeout: float = 120.0,
+    quiet: bool = True,
+    cwd: Path | None = None,
 ) -> Iterator[GatewayProcess]:
-    """Start the gateway on a free port, wait for /readyz, always stop it."""
+    """Start the gateway on a free port, wait for /readyz, always stop it. `cwd`: run the
+    code of another source tree (`python -m` imports from the working directory first)."""
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="sidserve-gateway-") as tmp:
         log = Path(tmp) / "gateway.log"
@@ -50,6 +55,7 @@ def running_gateway(
             proc = subprocess.Popen(
                 [*cmd, "--port", str(port)],
                 env={**os.environ, **(env or {})},
+                cwd=cwd,
                 stdout=out if quiet else None,
                 stderr=out if quiet else None,
             )
