@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -216,6 +217,12 @@ def dev_queries(data: Path) -> tuple[list[str], list[str]]:
     return group_by_query(split_by_query(judgments)[1]).texts, catalog.texts
 
 
+def write_lines(path: Path, texts: Sequence[str]) -> Path:
+    """The load generator's input: one text per line (newlines inside a text become spaces)."""
+    path.write_text("\n".join(t.replace("\n", " ") for t in texts) + "\n")
+    return path
+
+
 def verdict(ok: bool) -> str:
     return "met" if ok else "**not met**"
 
@@ -259,10 +266,8 @@ def main() -> int:
     queries, titles = dev_queries(args.data)
     with tempfile.TemporaryDirectory(prefix="sidserve-serving-") as tmp:
         work = Path(tmp)
-        (work / "queries.txt").write_text("\n".join(q.replace("\n", " ") for q in queries) + "\n")
-        (work / "titles.txt").write_text(
-            "\n".join(t.replace("\n", " ") for t in titles[:5000]) + "\n"
-        )
+        write_lines(work / "queries.txt", queries)
+        write_lines(work / "titles.txt", titles[:5000])
         http = http_runs(args, args.bundle, work / "queries.txt", work / "titles.txt", work)
     from service.bundle import load_bundle
 

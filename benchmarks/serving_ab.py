@@ -39,7 +39,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.report import machine, md_table, write_report  # noqa: E402
-from benchmarks.serving import SEARCH, dev_queries, load_items, loadgen, redis_binary  # noqa: E402
+from benchmarks.serving import (  # noqa: E402
+    SEARCH,
+    dev_queries,
+    load_items,
+    loadgen,
+    redis_binary,
+    write_lines,
+)
 from service.launcher import running_gateway  # noqa: E402
 
 _LABEL = re.compile(r"[A-Za-z0-9_.-]{1,32}")
@@ -178,6 +185,8 @@ def main() -> int:
     levels = args.concurrency or [1, 32]
     if min(levels) < 1:
         p.error("--concurrency must be >= 1")
+    if args.queries and not args.queries.is_file():
+        p.error(f"{args.queries}: no such query file")
     bundle = args.bundle.resolve()
     if not (bundle / "manifest.json").is_file():
         p.error(f"{args.bundle}: not a bundle directory (no manifest.json)")
@@ -186,11 +195,10 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="sidserve-ab-") as tmp, contextlib.ExitStack() as stack:
         work = Path(tmp)
-        queries = args.queries.resolve() if args.queries else None
-        if queries is None:
-            queries = work / "queries.txt"
-            texts = dev_queries(args.data)[0]
-            queries.write_text("\n".join(q.replace("\n", " ") for q in texts) + "\n")
+        if args.queries:
+            queries = args.queries.resolve()
+        else:
+            queries = write_lines(work / "queries.txt", dev_queries(args.data)[0])
         redis_url = stack.enter_context(running_redis(redis_binary()))
         load_items(bundle, redis_url)
         urls: dict[str, str] = {}
