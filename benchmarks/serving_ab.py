@@ -43,11 +43,11 @@ from benchmarks.serving import (  # noqa: E402
     SEARCH,
     dev_queries,
     load_items,
-    loadgen,
+    measured_run,
     redis_binary,
     write_lines,
 )
-from service.launcher import running_gateway  # noqa: E402
+from service.launcher import GatewayProcess, running_gateway  # noqa: E402
 
 _LABEL = re.compile(r"[A-Za-z0-9_.-]{1,32}")
 _SETTING = re.compile(r"SIDSERVE_[A-Z0-9_]+")
@@ -121,8 +121,10 @@ def describe(v: Variant) -> str:
 
 
 def summarise(runs: dict[str, list[dict]], first: str) -> list[list[object]]:
-    """Per variant: runs, median q/s, p50 and p99 (with their ranges), and in how many rounds
-    it had a lower p50 / p99 than the first variant (rounds are paired by index)."""
+    """Per variant: runs, median q/s, p50 and p99 (with their ranges), median CPU ms per
+    request of the gateway and of Redis, and in how many rounds it had a lower p50 / p99 than
+    the first variant (rounds are paired by index). CPU per request drifts less with the
+    machine's speed than rates do, so it shows efficiency changes best."""
     rows: list[list[object]] = []
     for label, results in runs.items():
         p50 = [r["p50_ms"] for r in results]
@@ -134,6 +136,8 @@ def summarise(runs: dict[str, list[dict]], first: str) -> list[list[object]]:
             f"{statistics.median(p50):.2f} ({min(p50):.2f}–{max(p50):.2f})",
             f"{statistics.median(p99):.2f} ({min(p99):.2f}–{max(p99):.2f})",
             sum(r["errors"] for r in results),
+            f"{statistics.median(r['cpu']['gateway'] for r in results):.2f}",
+            f"{statistics.median(r['cpu']['redis'] for r in results):.2f}",
         ]
         if label == first:
             row += ["–", "–"]
@@ -201,26 +205,26 @@ def main() -> int:
             queries = write_lines(work / "queries.txt", dev_queries(args.data)[0])
         redis_url = stack.enter_context(running_redis(redis_binary()))
         load_items(bundle, redis_url)
-        urls: dict[str, str] = {}
+        gateways: dict[str, GatewayProcess] = {}
         for v in variants:
             tree = stack.enter_context(source_tree(v.source))
             env = {**v.env, "SIDSERVE_REDIS_URL": redis_url}
-            gw = stack.enter_context(running_gateway(bundle, env, cwd=tree))
-            urls[v.label] = gw.url
+            gateways[v.label] = stack.enter_context(running_gateway(bundle, env, cwd=tree))
         tables: list[str] = []
         body = json.dumps(SEARCH)
         for clients in levels:
             runs: dict[str, list[dict]] = {label: [] for label in labels}
             for r, label in rounds(labels, args.reps):
-                out = work / f"{label}-{clients}-{r}.json"
-                runs[label].append(
-                    loadgen(
-                        urls[label], queries, out, "--concurrency", str(clients),
-                        "--duration", str(args.duration), "--warmup", str(args.warmup),
-                        "--body-extra", body, "--quiet",
-                    )
+                gw, got = gateways[label], {}
+                measured_run(
+                    gw, redis_url, "run", got, gw.url, queries,
+                    work / f"{label}-{clients}-{r}.json", "--concurrency", str(clients),
+                    "--duration", str(args.duration), "--warmup", str(args.warmup),
+                    "--body-extra", body, "--quiet",
                 )  # fmt: skip
+                runs[label].append({**got["run"], "cpu": got["run_cpu"]})
             header = ["variant", "runs", "q/s", "p50 ms (range)", "p99 ms (range)", "errors"]
+            header += ["gateway CPU ms/req", "Redis CPU ms/req"]
             header += [f"p50 < {labels[0]}", f"p99 < {labels[0]}"]
             tables += ["", f"## {clients} client{'s' if clients > 1 else ''}", ""]
             tables += md_table(header, summarise(runs, labels[0]))

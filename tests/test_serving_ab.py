@@ -41,16 +41,18 @@ def test_rounds_alternate_the_order_of_the_variants():
 
 def test_summary_gives_medians_ranges_and_rounds_won_against_the_first():
     def run(qps: float, p50: float, p99: float) -> dict:
-        return {"qps": qps, "p50_ms": p50, "p99_ms": p99, "errors": 0}
+        cpu = {"gateway": 1000 / qps, "redis": 0.5, "loadgen": 0.3}
+        return {"qps": qps, "p50_ms": p50, "p99_ms": p99, "errors": 0, "cpu": cpu}
 
     runs = {
         "base": [run(100, 10, 20), run(90, 12, 22), run(110, 11, 30)],
         "new": [run(120, 9, 21), run(80, 13, 19), run(130, 8, 18)],
     }
     base, new = summarise(runs, "base")
-    assert base == ["base", 3, "100.0", "11.00 (10.00–12.00)", "22.00 (20.00–30.00)", 0, "–", "–"]
+    assert base[:6] == ["base", 3, "100.0", "11.00 (10.00–12.00)", "22.00 (20.00–30.00)", 0]
+    assert base[6:] == ["10.00", "0.50", "–", "–"]  # CPU: the median of 10, 11.1 and 9.1 ms
     assert new[:5] == ["new", 3, "120.0", "9.00 (8.00–13.00)", "19.00 (18.00–21.00)"]
-    assert new[6:] == ["2/3", "2/3"]  # p50: rounds 1 and 3; p99: rounds 2 and 3
+    assert new[6:] == ["8.33", "0.50", "2/3", "2/3"]  # p50: rounds 1, 3; p99: rounds 2, 3
 
 
 def test_a_real_ab_of_two_settings_on_the_tiny_bundle(tiny_export, tmp_path):
@@ -69,6 +71,7 @@ def test_a_real_ab_of_two_settings_on_the_tiny_bundle(tiny_export, tmp_path):
     for row in rows:
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert cells[1] == "2" and float(cells[2]) > 0 and cells[5] == "0", row  # runs, q/s, errors
+        assert float(cells[6]) > 0 and float(cells[7]) >= 0, row  # gateway and Redis CPU
     assert "SIDSERVE_WORKERS=1" in report
 
 
