@@ -290,7 +290,10 @@ class RedisStore:
         return self._parse_stored(found)
 
     def _parse_stored(self, found: Sequence[str | None]) -> list[np.ndarray | None]:
-        return [None if s is None else parse_sids([s], self.levels + 1)[0] for s in found]
+        """Stored SID strings (None = no such item) -> SIDs, the present ones parsed at once
+        (`/v1/relevance` reads up to 1,000)."""
+        rows = iter(parse_sids([s for s in found if s is not None], self.levels + 1))
+        return [None if s is None else next(rows) for s in found]
 
     async def lookup(self, item_ids: Sequence[str]) -> Lookup:
         if not item_ids:
@@ -328,7 +331,7 @@ class RedisStore:
             pipe.hmget(self.keys.sids, ids)
             pipe.hmget(self.keys.next, names)
             stored_text, next_text = await pipe.execute()
-        stored = [None if t is None else parse_sids([t], self.levels + 1)[0] for t in stored_text]
+        stored = self._parse_stored(stored_text)
         counters = {n: int(c or 0) for n, c in zip(names, next_text, strict=True)}
         sids, _ = assign_sids(ids, paths, stored, lambda p: counters[format_sid(p)], self.levels)
         return sids
