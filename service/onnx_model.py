@@ -10,11 +10,17 @@ import onnxruntime as ort
 
 
 def make_session(path: str | Path, threads: int = 0) -> ort.InferenceSession:
-    """A CPU session; threads=0 lets ONNX Runtime use one thread per physical core."""
+    """A CPU session; threads=0 lets ONNX Runtime use one thread per physical core.
+
+    Intra-op threads do not spin-wait for work: the encoder and decoder sessions each own a
+    pool, and one pool's threads spinning after its call took the cores from the other's (item
+    assignment at batch 64 on 2 cores: 294-317 items/s without spinning, 224-239 with).
+    """
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 

@@ -80,6 +80,8 @@ class TritonPythonModel:
         threads = int(params.get("intra_op_num_threads", "0"))
         if threads > 0:
             options.intra_op_num_threads = threads
+        # the encoder's and decoder's instances share the cores: an idle pool must not spin
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(
             str(path), sess_options=options, providers=["CPUExecutionProvider"]
         )
