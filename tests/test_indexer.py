@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -242,3 +243,27 @@ def test_constant_lr_schedule_and_unknown_schedules(toy, trained):
     assert t.opt.param_groups[0]["lr"] == t.cfg.lr
     with pytest.raises(ValueError, match="lr_schedule"):
         IndexerConfig(lr_schedule="cosine")
+
+
+def test_code_loss_temperature_sharpens_only_the_kl_and_commitment(trained):
+    t = trained["trainer"]
+    batch = t.epoch_batches(1)[0]
+    default = t.cfg
+    parts = {}
+    t.model.eval()  # no dropout: the same batch gives the same representations
+    try:
+        for name, value in (("none", None), ("same", default.code_temperature), ("sharp", 0.05)):
+            t.cfg = dataclasses.replace(default, code_loss_temperature=value)
+            with torch.no_grad():
+                parts[name] = t.loss(batch, 1, main=False)[1]  # KL and commitment at level 1
+    finally:
+        t.cfg = default
+        t.model.train()
+    assert parts["same"] == parts["none"]
+    assert {"kl", "commit"} <= parts["sharp"].keys()
+    for key in ("kl", "commit"):
+        assert parts["sharp"][key] != pytest.approx(parts["none"][key])
+    for key in ("nce", "enc_nce"):
+        assert parts["sharp"][key] == parts["none"][key]
+    with pytest.raises(ValueError, match="code_loss_temperature"):
+        IndexerConfig(code_loss_temperature=0.0)

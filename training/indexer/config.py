@@ -21,6 +21,9 @@ class IndexerConfig:
     max_query_tokens: int = 32
     max_item_tokens: int = 48
     code_temperature: float = 0.1  # softmax temperature of code logits (cosine to codebook)
+    # the KL and commitment terms' code temperature (None: code_temperature); the balancing
+    # term and inference keep code_temperature (docs/indexer.md § Ablations)
+    code_loss_temperature: float | None = None
     # the decoder's first input: "pooled" = masked mean of the encoder states (MiniLM's own
     # sentence embedding, so step 1 starts from a good dense representation) or "learned" = one
     # learned vector (checkpoints written before this option existed)
@@ -69,6 +72,8 @@ class IndexerConfig:
             raise ValueError("trainable_layers must be within 0..6 (MiniLM has 6)")
         if self.balance_weight < 0 or self.balance_epsilon <= 0 or self.balance_iters < 1:
             raise ValueError("balance_weight must be >= 0, balance_epsilon > 0, balance_iters >= 1")
+        if self.code_loss_temperature is not None and self.code_loss_temperature <= 0:
+            raise ValueError("code_loss_temperature must be > 0 (or null)")
         if self.encoder_nce_weight < 0:
             raise ValueError("encoder_nce_weight must be >= 0")
         if self.bos_input not in ("pooled", "learned"):

@@ -186,10 +186,13 @@ class Trainer:
         coded = range(level + 1 if main else level)
         logits_d = [m.code_logits(h_d[:, t], t) for t in coded]
         logits_q = [m.code_logits(h_q[:, t], t) for t in coded]
+        sharpen = cfg.code_temperature / (cfg.code_loss_temperature or cfg.code_temperature)
+        sharp_d = [x * sharpen for x in logits_d] if sharpen != 1 else logits_d
+        sharp_q = [x * sharpen for x in logits_q] if sharpen != 1 else logits_q
         if self.ab.kl and len(coded):
             parts["kl"] = (
                 cfg.kl_weight
-                * sum(code_kl(logits_q[t], logits_d[t][q_item]) for t in coded)
+                * sum(code_kl(sharp_q[t], sharp_d[t][q_item]) for t in coded)
                 / len(coded)
             )
         if self.ab.commitment and level > 0:
@@ -197,7 +200,7 @@ class Trainer:
             parts["commit"] = (
                 cfg.commit_weight
                 * sum(
-                    commitment(logits_d[t], fixed[:, t]) + commitment(logits_q[t], fixed[q_item, t])
+                    commitment(sharp_d[t], fixed[:, t]) + commitment(sharp_q[t], fixed[q_item, t])
                     for t in range(level)
                 )
                 / level
