@@ -9,13 +9,29 @@ Limits that depend on the deployment (batch sizes, text length, beam width) are 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
+
+
+def _unicode(value: str) -> str:
+    """JSON's \\uD800-style escapes can carry half of a UTF-16 pair, which no tokenizer or
+    store can encode: refuse it here, naming the field, instead of failing deeper down."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"holds an unpaired UTF-16 surrogate at character {exc.start}; send valid Unicode"
+        ) from None
+    return value
+
+
+# every string a request carries
+Text = Annotated[str, AfterValidator(_unicode)]
 
 
 def _non_blank(value: str) -> str:
@@ -47,8 +63,8 @@ class SearchOptions(BeamOptions):
 class QuerySidsRequest(SearchOptions):
     """One query (`query`) or a batch (`queries`), not both."""
 
-    query: str | None = Field(None, description="a single search query")
-    queries: list[str] | None = Field(None, description="a batch of search queries")
+    query: Text | None = Field(None, description="a single search query")
+    queries: list[Text] | None = Field(None, description="a batch of search queries")
     order: Literal["similarity", "depth", "beam"] | None = Field(
         None,
         description="order of the candidates: 'similarity' (the first SIDSERVE_RERANK_POOL "
@@ -118,8 +134,8 @@ class QuerySidsResponse(BaseModel):
 
 
 class EncodeItem(Strict):
-    item_id: str = Field(min_length=1, max_length=256)
-    text: str
+    item_id: Text = Field(min_length=1, max_length=256)
+    text: Text
 
     @field_validator("item_id")
     @classmethod
@@ -162,8 +178,8 @@ class EncodeResponse(BaseModel):
 
 
 class RelevanceRequest(BeamOptions):
-    query: str
-    item_ids: list[str] = Field(min_length=1)
+    query: Text
+    item_ids: list[Text] = Field(min_length=1)
 
     @field_validator("query")
     @classmethod

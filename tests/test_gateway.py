@@ -326,6 +326,31 @@ def test_bad_encode_input_is_422(client, body, field):
     assert field in r.json()["message"]
 
 
+@pytest.mark.parametrize(
+    ("path", "raw", "field"),
+    [
+        ("/v1/query/sids", '{"query": "drill \\udc00 bit"}', "query"),
+        ("/v1/query/sids", '{"queries": ["drill", "\\ud83d"]}', "queries.1"),
+        ("/v1/items/encode", '{"items": [{"item_id": "a", "text": "\\ud800"}]}', "items.0.text"),
+        ("/v1/relevance", '{"query": "drill", "item_ids": ["a", "\\ud800"]}', "item_ids.1"),
+        ("/v1/relevance", '{"query": "\\ud800", "item_ids": ["a"]}', "query"),
+    ],
+)
+def test_half_a_surrogate_pair_is_422_naming_the_field(client, path, raw, field):
+    # valid JSON, but no UTF-8 text: the tokenizer raised a TypeError (a 500) before
+    r = client.post(path, content=raw, headers={"Content-Type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert r.json()["message"].startswith(f"{field}: ")
+    assert "unpaired UTF-16 surrogate" in r.json()["message"]
+
+
+def test_a_whole_surrogate_pair_is_text(client):
+    raw = '{"query": "\\ud83d\\ude00 cordless drill", "candidates": 0}'
+    r = client.post("/v1/query/sids", content=raw, headers={"Content-Type": "application/json"})
+    assert r.status_code == 200, r.text
+    assert r.json()["results"][0]["query"] == "\U0001f600 cordless drill"
+
+
 def test_relevance_reports_unknown_ids_per_item(client, bundle_dir):
     bundle = load_bundle(bundle_dir)
     ids = [bundle.item_ids[0], "no-such-item", bundle.item_ids[7]]
