@@ -15,6 +15,7 @@ from service.serving import SidService
 
 router = APIRouter()
 ERRORS = {
+    413: {"model": p.ErrorResponse, "description": "request body over max_body_bytes"},
     422: {"model": p.ErrorResponse, "description": "invalid input; the message names the field"},
     503: {"model": p.ErrorResponse, "description": "store/model server unavailable or overloaded"},
 }

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from service.api_router import RequestTiming, router
+from service.body_limit import BodyLimit
 from service.errors import install_error_handlers
 from service.serving import SidService
 from service.settings import Settings
@@ -40,6 +41,8 @@ def create_app(settings: Settings, svc: SidService | None = None) -> FastAPI:
     )
     app.state.service = svc
     app.include_router(router)
+    # added first, so inside RequestTiming: a refused body is timed and counted too
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(RequestTiming, metrics=svc.metrics)
     install_error_handlers(app, svc.metrics, settings.retry_after_s)
     return app

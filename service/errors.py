@@ -1,6 +1,6 @@
 """Every error becomes one JSON shape (`protocol.ErrorResponse`), mapped here and only here:
-bad input -> 422 naming the field, an unavailable dependency or a full queue -> 503 with
-Retry-After, anything else -> 500 (logged)."""
+bad input -> 422 naming the field (413 for a body over `max_body_bytes`), an unavailable
+dependency or a full queue -> 503 with Retry-After, anything else -> 500 (logged)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 
 from service.backends.base import BackendUnavailable
 from service.batching import Overloaded
+from service.body_limit import BodyTooLarge
 from service.metrics import Metrics
 from service.serving import LimitError
 from service.stores.base import StoreUnavailable
@@ -38,6 +39,10 @@ def install_error_handlers(app: FastAPI, metrics: Metrics, retry_after_s: int) -
         details = [{"field": _field(e.get("loc", ())), "message": e.get("msg", "")} for e in errors]
         message = "; ".join(f"{d['field']}: {d['message']}" for d in details)
         return reply(422, "invalid_request", message, details)
+
+    @app.exception_handler(BodyTooLarge)
+    async def _too_large(_: Request, exc: BodyTooLarge) -> JSONResponse:
+        return reply(413, "payload_too_large", exc.detail)
 
     @app.exception_handler(LimitError)
     async def _limit(_: Request, exc: LimitError) -> JSONResponse:

@@ -208,6 +208,9 @@ class RelevanceResponse(BaseModel):
 
 
 class ErrorResponse(BaseModel):
-    error: str = Field(description="kind: invalid_request, unavailable, internal")
+    error: str = Field(
+        description="kind: invalid_request, payload_too_large, store_unavailable, "
+        "backend_unavailable, overloaded, internal"
+    )
     message: str
     details: list[dict] | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import time
 from pathlib import Path
 
@@ -349,6 +350,32 @@ def test_a_whole_surrogate_pair_is_text(client):
     r = client.post("/v1/query/sids", content=raw, headers={"Content-Type": "application/json"})
     assert r.status_code == 200, r.text
     assert r.json()["results"][0]["query"] == "\U0001f600 cordless drill"
+
+
+def test_a_body_over_max_body_bytes_is_413_before_it_is_read(bundle_dir):
+    app = create_app(Settings(bundle=bundle_dir, max_body_bytes=300))
+    small = {"query": "cordless drill", "candidates": 0}
+    big = {"queries": ["cordless drill"] * 40}
+    assert len(json.dumps(big)) > 300 > len(json.dumps(small))
+    with TestClient(app) as c:
+        assert c.post("/v1/query/sids", json=small).status_code == 200
+        declared = c.post("/v1/query/sids", json=big)  # Content-Length over the limit
+        assert declared.status_code == 413, declared.text
+        assert declared.json() == {
+            "error": "payload_too_large",
+            "message": "request body over 300 bytes (max_body_bytes)",
+        }
+
+        def chunks():  # no Content-Length: the bytes received count
+            yield json.dumps(big)[:200].encode()
+            yield json.dumps(big)[200:].encode()
+
+        chunked = c.post("/v1/items/encode", content=chunks())
+        assert chunked.status_code == 413, chunked.text
+        assert chunked.json()["error"] == "payload_too_large"
+        text = c.get("/metrics").text
+    assert 'sidserve_requests_total{endpoint="/v1/query/sids",status="413"} 1.0' in text
+    assert 'sidserve_errors_total{kind="payload_too_large"} 2.0' in text
 
 
 def test_relevance_reports_unknown_ids_per_item(client, bundle_dir):
