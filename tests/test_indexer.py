@@ -267,3 +267,31 @@ def test_code_loss_temperature_sharpens_only_the_kl_and_commitment(trained):
         assert parts["sharp"][key] == parts["none"][key]
     with pytest.raises(ValueError, match="code_loss_temperature"):
         IndexerConfig(code_loss_temperature=0.0)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("{levels: 2", "not valid JSON"),
+        ("[2, 8]", "must hold a JSON object"),
+        ('{"levels": "2"}', 'levels: expected an integer, got "2"'),
+        ('{"levels": 2.0}', "levels: expected an integer, got 2.0"),
+        ('{"lr": true}', "lr: expected a number, got true"),
+        ('{"hard_negatives": 1}', "hard_negatives: expected true or false, got 1"),
+        ('{"epochs_per_level": [1, "2", 1]}', "epochs_per_level: expected a list of numbers"),
+        ('{"code_loss_temperature": "0.05"}', "code_loss_temperature: expected a number or null"),
+    ],
+)
+def test_a_config_file_with_a_wrong_value_names_the_file_and_the_key(tmp_path, text, message):
+    path = tmp_path / "cfg.json"
+    path.write_text(text)
+    with pytest.raises(ValueError, match="cfg.json: ") as info:
+        IndexerConfig.from_file(path)
+    assert message in str(info.value)
+
+
+def test_a_config_file_takes_json_numbers_and_null_where_they_fit(tmp_path):
+    path = tmp_path / "cfg.json"
+    path.write_text('{"lr": 1, "epochs_per_level": [1, 0.5, 2], "code_loss_temperature": null}')
+    cfg = IndexerConfig.from_file(path)
+    assert (cfg.lr, cfg.epochs_per_level, cfg.code_loss_temperature) == (1, [1, 0.5, 2], None)

@@ -88,10 +88,55 @@ class IndexerConfig:
 
     @classmethod
     def from_file(cls, path: str | Path) -> IndexerConfig:
-        """A JSON file with any subset of the fields; unknown keys are an error."""
-        raw = json.loads(Path(path).read_text())
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(raw) - known)
+        """A JSON file with any subset of the fields; unknown keys, and values of another JSON
+        type than the field's default, are an error naming the file and the key."""
+        try:
+            raw = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not valid JSON ({exc})") from None
+        if not isinstance(raw, dict):
+            raise ValueError(f"{path}: must hold a JSON object of config fields")
+        defaults = {f.name: cls.__dataclass_fields__[f.name] for f in fields(cls)}
+        unknown = sorted(set(raw) - set(defaults))
         if unknown:
             raise ValueError(f"{path}: unknown config key(s): {', '.join(unknown)}")
+        for key, value in raw.items():
+            f = defaults[key]
+            default = f.default_factory() if callable(f.default_factory) else f.default
+            if not _same_json_type(value, default):
+                raise ValueError(
+                    f"{path}: {key}: expected {_json_kind(default)}, got {json.dumps(value)}"
+                )
         return cls(**raw)
+
+
+def _json_kind(default: object) -> str:
+    """What `_same_json_type` accepts where `default` stands, in JSON's words."""
+    if isinstance(default, bool):
+        return "true or false"
+    if isinstance(default, int):
+        return "an integer"
+    if isinstance(default, float):
+        return "a number"
+    if default is None:
+        return "a number or null"
+    return "a list of numbers" if isinstance(default, list) else "a string"
+
+
+def _same_json_type(value: object, default: object) -> bool:
+    """Whether `value` may stand where `default` does: a number for a number (an integer where
+    an integer is needed), a list of numbers for a list, null or a number for a null default."""
+
+    def number(x: object, integer: bool = False) -> bool:
+        ok = (int,) if integer else (int, float)
+        return isinstance(x, ok) and not isinstance(x, bool)
+
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        return number(value, integer=True)
+    if isinstance(default, float) or default is None:
+        return number(value) or (default is None and value is None)
+    if isinstance(default, list):
+        return isinstance(value, list) and all(number(x) for x in value)
+    return isinstance(value, type(default))
