@@ -16,11 +16,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import logging
+    import os
+
     import uvicorn
     from pydantic import ValidationError
 
     from service.app import create_app
-    from service.settings import load_settings
+    from service.settings import load_settings, unknown_variables
+
+    for line in unknown_variables(os.environ):
+        logging.getLogger("sidserve.serve").warning("%s", line)
 
     overrides = {
         k: v
@@ -36,10 +42,15 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(args.settings, **overrides)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"SIDSERVE_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors()
-        )
+        problems = "; ".join(f"{_variable(e['loc'])}: {e['msg']}" for e in exc.errors())
         raise ValueError(f"bad settings: {problems} (see docs/gateway.md#settings)") from exc
     app = create_app(settings)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", access_log=False)
     return 0
+
+
+def _variable(loc: tuple) -> str:
+    """A settings error's location as the variable's name: a field (`redis_url`) or, for an
+    unknown key of the settings file, the key itself (`sidserve_colour`)."""
+    name = "_".join(map(str, loc)).upper()
+    return name if name.startswith("SIDSERVE_") else f"SIDSERVE_{name}"

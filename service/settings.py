@@ -4,6 +4,8 @@ docs/gateway.md."""
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Mapping
 from pathlib import Path
 
 from pydantic import Field
@@ -60,3 +62,32 @@ def load_settings(settings_file: Path | None = None, **overrides) -> Settings:
     if settings_file is not None and not settings_file.is_file():
         raise FileNotFoundError(f"{settings_file}: settings file not found")
     return Settings(_env_file=settings_file, **overrides)  # type: ignore[call-arg]
+
+
+# SIDSERVE_ variables that belong to other parts of the project, not to the gateway
+OTHER_VARIABLES = frozenset(
+    {
+        "SIDSERVE_CACHE_DIR",  # training's cache of token states and embeddings
+        "SIDSERVE_BUNDLE_DIR",  # docker compose: host paths and image tag
+        "SIDSERVE_TRITON_REPO",
+        "SIDSERVE_TAG",
+        "SIDSERVE_TRITON_BUNDLE",  # the Triton tests' bundle
+    }
+)
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """One line per SIDSERVE_ variable no setting reads, with the closest setting's name:
+    pydantic-settings ignores them, so a misspelt SIDSERVE_REDIS_URI would otherwise leave
+    the gateway on its in-process store without a word."""
+    known = sorted(name.upper() for name in Settings.model_fields)
+    lines = []
+    for name in sorted(environ):
+        if not name.startswith("SIDSERVE_") or name in OTHER_VARIABLES:
+            continue
+        if (rest := name.removeprefix("SIDSERVE_")) in known:
+            continue
+        close = difflib.get_close_matches(rest, known, n=1, cutoff=0.75)
+        hint = f"; did you mean SIDSERVE_{close[0]}?" if close else ""
+        lines.append(f"{name} is not a gateway setting and is ignored{hint}")
+    return lines
