@@ -96,47 +96,35 @@ class IndexerConfig:
             raise ValueError(f"{path}: not valid JSON ({exc})") from None
         if not isinstance(raw, dict):
             raise ValueError(f"{path}: must hold a JSON object of config fields")
-        defaults = {f.name: cls.__dataclass_fields__[f.name] for f in fields(cls)}
+        defaults = {f.name: f for f in fields(cls)}
         unknown = sorted(set(raw) - set(defaults))
         if unknown:
             raise ValueError(f"{path}: unknown config key(s): {', '.join(unknown)}")
         for key, value in raw.items():
             f = defaults[key]
             default = f.default_factory() if callable(f.default_factory) else f.default
-            if not _same_json_type(value, default):
-                raise ValueError(
-                    f"{path}: {key}: expected {_json_kind(default)}, got {json.dumps(value)}"
-                )
+            if expected := _expected(value, default):
+                raise ValueError(f"{path}: {key}: expected {expected}, got {json.dumps(value)}")
         return cls(**raw)
 
 
-def _json_kind(default: object) -> str:
-    """What `_same_json_type` accepts where `default` stands, in JSON's words."""
-    if isinstance(default, bool):
-        return "true or false"
-    if isinstance(default, int):
-        return "an integer"
-    if isinstance(default, float):
-        return "a number"
-    if default is None:
-        return "a number or null"
-    return "a list of numbers" if isinstance(default, list) else "a string"
-
-
-def _same_json_type(value: object, default: object) -> bool:
-    """Whether `value` may stand where `default` does: a number for a number (an integer where
-    an integer is needed), a list of numbers for a list, null or a number for a null default."""
+def _expected(value: object, default: object) -> str | None:
+    """None if `value` may stand where `default` does, else what may, in JSON's words: a number
+    for a number (an integer where an integer is needed), a list of numbers for a list, null or
+    a number for a null default."""
 
     def number(x: object, integer: bool = False) -> bool:
-        ok = (int,) if integer else (int, float)
-        return isinstance(x, ok) and not isinstance(x, bool)
+        return isinstance(x, int if integer else (int, float)) and not isinstance(x, bool)
 
     if isinstance(default, bool):
-        return isinstance(value, bool)
+        return None if isinstance(value, bool) else "true or false"
     if isinstance(default, int):
-        return number(value, integer=True)
-    if isinstance(default, float) or default is None:
-        return number(value) or (default is None and value is None)
+        return None if number(value, integer=True) else "an integer"
+    if isinstance(default, float):
+        return None if number(value) else "a number"
+    if default is None:
+        return None if value is None or number(value) else "a number or null"
     if isinstance(default, list):
-        return isinstance(value, list) and all(number(x) for x in value)
-    return isinstance(value, type(default))
+        ok = isinstance(value, list) and all(number(x) for x in value)
+        return None if ok else "a list of numbers"
+    return None if isinstance(value, type(default)) else "a string"
