@@ -17,6 +17,16 @@ class PrefixFeatures:
     best_rank: np.ndarray  # (N,) first query SID reaching max_depth; -1 when max_depth is 0
     best_log_prob: np.ndarray  # (N,) its log-probability; nan when max_depth is 0
 
+    def rows(self, index: np.ndarray) -> PrefixFeatures:
+        """The features of the items at `index` (in that order)."""
+        return PrefixFeatures(
+            self.depth[index],
+            self.max_depth[index],
+            self.score[index],
+            self.best_rank[index],
+            self.best_log_prob[index],
+        )
+
 
 def prefix_features(
     query_paths: np.ndarray, log_probs: np.ndarray, item_sids: np.ndarray

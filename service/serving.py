@@ -289,17 +289,15 @@ class SidService:
         if not ids:
             return []
         order = np.arange(len(ids))
+        pool = prefix_features(paths, logp, sids) if order_by == "depth" else None
         if order_by != "beam":
             worst_first = np.where(np.isnan(similarity), np.inf, -similarity)  # no vector: last
-            if order_by == "similarity":
-                keys = (order, worst_first)
-            else:
-                keys = (order, worst_first, -prefix_features(paths, logp, sids).max_depth)
+            keys = (order, worst_first) if pool is None else (order, worst_first, -pool.max_depth)
             order = np.lexsort(keys)
         order = order[:limit]
         # features and Python objects only for the returned rows (the pool may be 5x larger)
         picked = sids[order]
-        f = prefix_features(paths, logp, picked)
+        f = prefix_features(paths, logp, picked) if pool is None else pool.rows(order)
         depth, best, score = f.depth.tolist(), f.max_depth.tolist(), f.score.tolist()
         rank, lp = f.best_rank.tolist(), f.best_log_prob.tolist()
         sim, rows = similarity[order].tolist(), picked.tolist()
