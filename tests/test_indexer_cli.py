@@ -35,7 +35,8 @@ def test_train_evaluate_assign(tmp_path, capsys):
     log = [json.loads(line) for line in (ck / "train_log.jsonl").read_text().splitlines()]
     assert [e["level"] for e in log] == [1, 2]
     assert 0 < log[0]["l1_utilisation"] <= 1 and "l1_code_acc" in log[0]["dev"]
-    assert json.loads((ck / "indexer.json").read_text())["levels_trained"] == 2
+    doc = json.loads((ck / "indexer.json").read_text())
+    assert doc["levels_trained"] == 2 and doc["device"] == "cpu"
 
     out = tmp_path / "r.json"
     common = ["--catalog", str(cat), "--judgments", str(jud), "--checkpoint", str(ck)]
@@ -161,3 +162,16 @@ def test_resume_goes_on_after_the_last_finished_level(tmp_path, monkeypatch, cap
     assert "all 2 levels trained already" in capsys.readouterr().err
     assert main([*argv[:-1], str(tmp_path / "empty"), "--resume"]) == 2
     assert "holds no checkpoint" in capsys.readouterr().err
+
+
+def test_train_refuses_a_device_it_cannot_use(tmp_path, capsys):
+    cat, jud, cfg = _toy_files(tmp_path, 1.0)
+    # no machine has 100 GPUs: with CUDA the index is out of range, without it CUDA is missing
+    assert _train(cat, jud, tmp_path / "ck", cfg, "--device", "cuda:99") == 2
+    err = capsys.readouterr().err
+    assert "--device 'cuda:99'" in err and "CUDA device" in err
+    assert _train(cat, jud, tmp_path / "ck", cfg, "--device", "meta") == 2
+    assert "only cpu and cuda devices are supported" in capsys.readouterr().err
+    assert _train(cat, jud, tmp_path / "ck", cfg, "--device", "gpu0") == 2
+    assert "--device 'gpu0'" in capsys.readouterr().err
+    assert not (tmp_path / "ck" / "indexer.safetensors").exists()

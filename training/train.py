@@ -36,6 +36,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, help="overrides the config's seed")
     parser.add_argument(
+        "--device",
+        default="cpu",
+        help="torch device to train on: cpu (default), cuda, cuda:1, ...; the checkpoint is "
+        "the same format either way",
+    )
+    parser.add_argument(
         "--resume",
         action="store_true",
         help="go on with an interrupted run in --out: train the levels its checkpoint lacks "
@@ -95,7 +101,35 @@ class Setup:
         return write
 
 
-def setup(cfg, catalog, out: Path, resumed: Resumed | None = None) -> tuple[Setup, Path, dict]:
+def torch_device(name: str):
+    """The torch device `name`, or a ValueError saying why it cannot be used here."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ValueError(f"--device {name!r}: {exc}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name!r}: this torch build or machine has no CUDA device")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"--device {name!r}: only {torch.cuda.device_count()} CUDA device(s)")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {name!r}: only cpu and cuda devices are supported")
+    return device
+
+
+def device_name(device) -> str:
+    """'cpu', or 'cuda:0 (NVIDIA H200)': what the checkpoint records it was trained on."""
+    import torch
+
+    if device.type != "cuda":
+        return device.type
+    return f"cuda:{device.index or 0} ({torch.cuda.get_device_name(device)})"
+
+
+def setup(
+    cfg, catalog, out: Path, resumed: Resumed | None = None, device: str = "cpu"
+) -> tuple[Setup, Path, dict]:
     import torch
     from transformers import AutoTokenizer
 
@@ -103,8 +137,10 @@ def setup(cfg, catalog, out: Path, resumed: Resumed | None = None) -> tuple[Setu
     from training.indexer.model import SemanticIndexer
     from training.indexer.states import cached_states
 
+    dev = torch_device(device)
     torch.manual_seed(cfg.seed)
     model = SemanticIndexer(cfg) if resumed is None else resumed.model
+    model.to(dev)
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())
     fingerprint = file_digest(minilm_path() / "model.safetensors")[:16]
     items = cached_states(
@@ -119,6 +155,7 @@ def setup(cfg, catalog, out: Path, resumed: Resumed | None = None) -> tuple[Setu
         "base_fingerprint": fingerprint,
         "catalog": str(catalog.source),
         "catalog_checksum": catalog.checksum(),
+        "device": device_name(dev),
     }
     # a resumed run's clock starts where the interrupted one stopped
     started = time.perf_counter() - (resumed.seconds if resumed else 0.0)
@@ -197,7 +234,7 @@ def train(args: argparse.Namespace) -> Path:
         len(pairs.item_queries),
         len(catalog),
     )
-    run, log_path, meta = setup(cfg, catalog, args.out, resumed)
+    run, log_path, meta = setup(cfg, catalog, args.out, resumed, args.device)
     query_states = run.states(pairs.query_texts, cfg.max_query_tokens, "queries")
     dev_eval = None
     dev = group_by_query(dev_j) if len(dev_j) else None
@@ -231,7 +268,7 @@ def train(args: argparse.Namespace) -> Path:
 def train_self_supervised(args: argparse.Namespace, cfg, catalog) -> Path:
     from training.indexer.selfsup import SelfSupervisedTrainer, TitleTokens
 
-    run, log_path, meta = setup(cfg, catalog, args.out)
+    run, log_path, meta = setup(cfg, catalog, args.out, device=args.device)
     tokens = TitleTokens.build(run.tokenizer, catalog.texts, cfg.max_item_tokens)
     meta.update(mode="self-supervised")
     trainer = SelfSupervisedTrainer(run.model, run.item_states, tokens, log_path)

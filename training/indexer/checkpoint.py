@@ -33,7 +33,7 @@ def save_checkpoint(
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     tensors["item_codes"] = torch.from_numpy(np.ascontiguousarray(codes))
     tmp = out / (WEIGHTS_FILE + ".tmp")
     save_file(tensors, str(tmp))

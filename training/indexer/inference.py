@@ -30,13 +30,13 @@ def codes_and_dense(
     out = np.zeros((len(states), levels), dtype=np.int64)
     dense = np.zeros((len(states), model.dim), dtype=np.float32)
     for idx, memory, mask in encoded_batches(model, states, batch_size, "greedy codes"):
-        prefix = torch.zeros(len(idx), 0, dtype=torch.long)
+        prefix = torch.zeros(len(idx), 0, dtype=torch.long, device=memory.device)
         for level in range(levels):
             reps = model.decode(memory, mask, prefix)[:, level]
             best = model.code_logits(reps, level).argmax(-1)
             prefix = torch.cat([prefix, best[:, None]], dim=1)
-        out[idx] = prefix.numpy()
-        dense[idx] = model.dense(memory, mask).numpy()
+        out[idx] = prefix.cpu().numpy()
+        dense[idx] = model.dense(memory, mask).cpu().numpy()
     return out, dense
 
 
@@ -48,7 +48,7 @@ def dense_representations(
     encoder (`SemanticIndexer.dense`)."""
     model.eval()
     batches = encoded_batches(model, states, batch_size, "dense")
-    return torch.cat([model.dense(memory, mask) for _, memory, mask in batches]).numpy()
+    return torch.cat([model.dense(memory, mask).cpu() for _, memory, mask in batches]).numpy()
 
 
 @torch.no_grad()
@@ -72,9 +72,9 @@ def query_beams(
             rows = [(q, j) for q in range(b) for j in range(len(paths[q]))]
             prefix = torch.tensor([paths[q][j] for q, j in rows], dtype=torch.long)
             prefix = prefix.reshape(len(rows), level)
-            sel = torch.tensor([q for q, _ in rows])
+            sel = torch.tensor([q for q, _ in rows], device=memory.device)
             reps = model.decode(memory[sel], mask[sel], prefix)[:, level]
-            logp = torch.log_softmax(model.code_logits(reps, level), -1).numpy()
+            logp = torch.log_softmax(model.code_logits(reps, level), -1).cpu().numpy()
             allowed = np.full((len(rows), k), -np.inf)
             for r, (q, j) in enumerate(rows):
                 kids = trie.children(paths[q][j])

@@ -97,8 +97,9 @@ class SemanticIndexer(nn.Module):
     ) -> torch.Tensor:
         """Step representations for levels 1..t+1 given t chosen codes: (B, t+1, D), unit norm.
 
-        prefix: (B, t) codes of levels 1..t (t may be 0).
+        prefix: (B, t) codes of levels 1..t (t may be 0), on any device.
         """
+        prefix = prefix.to(memory.device)
         b, t = prefix.shape
         inputs = [self.start_input(memory, mask)[:, None]]
         if t:
@@ -139,7 +140,7 @@ class SemanticIndexer(nn.Module):
     # ---- codebooks
     @torch.no_grad()
     def set_codebook(self, level: int, centres: torch.Tensor) -> None:
-        centres = F.normalize(centres, dim=-1)
+        centres = F.normalize(centres.to(self.codebooks.device), dim=-1)
         self.codebooks[level] = centres
         self.ema_count[level] = 1.0 / self.cfg.codebook_size
         self.ema_sum[level] = centres / self.cfg.codebook_size
@@ -166,7 +167,7 @@ class SemanticIndexer(nn.Module):
         if len(dead):
             pick = torch.randint(len(reps), (len(dead),), generator=generator)
             noise = torch.randn(len(dead), reps.shape[1], generator=generator) * 0.01
-            self.ema_sum[level, dead] = (reps[pick] + noise) / k
+            self.ema_sum[level, dead] = (reps[pick.to(reps.device)] + noise.to(reps.device)) / k
             self.ema_count[level, dead] = 1.0 / k
         self.codebooks[level] = F.normalize(
             self.ema_sum[level] / self.ema_count[level].clamp_min(1e-8)[:, None], dim=-1

@@ -58,7 +58,8 @@ class Reconstructor(nn.Module):
         tok = torch.where(masked[..., None], self.mask_emb.expand_as(tok), tok)
         tok = tok + self.positions[: ids.shape[1]][None]
         x = torch.cat([self.code_in(codes), tok], dim=1)
-        pad = torch.cat([torch.zeros(codes.shape[:2], dtype=torch.bool), ~attn.bool()], dim=1)
+        start = torch.zeros(codes.shape[:2], dtype=torch.bool, device=attn.device)
+        pad = torch.cat([start, ~attn.bool()], dim=1)
         h = self.layer(x, src_key_padding_mask=pad)[:, codes.shape[1] :]
         return self.out(h[masked]) @ self.words[self.vocab].T + self.bias
 
@@ -94,7 +95,7 @@ class SelfSupervisedTrainer(Trainer):
         self, model: SemanticIndexer, item_states: TokenStates, tokens: TitleTokens, log_path=None
     ):
         self.tokens = tokens
-        self.recon = Reconstructor(model, tokens.vocab)
+        self.recon = Reconstructor(model, tokens.vocab).to(model.codebooks.device)
         super().__init__(model, item_states, item_states, pairs=None, log_path=log_path)
         self.opt.add_param_group({"params": list(self.recon.parameters()), "lr": self.cfg.head_lr})
 
@@ -107,11 +108,12 @@ class SelfSupervisedTrainer(Trainer):
     def loss(self, batch: list[int], level: int, main: bool):
         m, cfg = self.model, self.cfg
         idx = np.asarray(batch)
-        prefix = torch.from_numpy(self.state.codes[idx, :level])
         lower, mask = self.items.batch(batch)
+        dev = mask.device
+        prefix = torch.from_numpy(self.state.codes[idx, :level]).to(dev)
         h1 = m.decode(m.encode(lower, mask), mask, prefix)
         h2 = m.decode(m.encode(lower, mask), mask, prefix)  # another dropout view
-        eye = torch.eye(len(batch), dtype=torch.bool)
+        eye = torch.eye(len(batch), dtype=torch.bool, device=dev)
         parts = {"contrast": multi_positive_nce(h1[:, level], h2[:, level], eye, cfg.temperature)}
         current = h1[:, level]
         if main:  # straight-through quantisation of level T
@@ -120,10 +122,11 @@ class SelfSupervisedTrainer(Trainer):
             current = current + (chosen - current).detach()
         fixed = [F.normalize(m.codebooks[t], dim=-1)[prefix[:, t]] for t in range(level)]
         codes = torch.stack([*fixed, current], dim=1)
-        ids, attn = self.tokens.ids[idx], self.tokens.attn[idx]
+        ids, attn = self.tokens.ids[idx].to(dev), self.tokens.attn[idx].to(dev)
         target = self.tokens.target[idx]
         gen = torch.Generator().manual_seed(self.rng.randrange(2**31))
         masked = (torch.rand(target.shape, generator=gen) < MASK_RATE) & (target >= 0)
+        masked, target = masked.to(dev), target.to(dev)
         if masked.any():
             logits = self.recon(codes, ids, attn, masked)
             parts["recon"] = F.cross_entropy(logits, target[masked])

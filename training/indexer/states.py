@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 class TokenStates:
     states: torch.Tensor  # (total tokens, D) float32 (fp16 would flip near-tied codes)
     offsets: np.ndarray  # (n + 1,) int64
+    device: torch.device = torch.device("cpu")  # where `batch` puts its tensors
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -37,7 +38,7 @@ class TokenStates:
             start = int(self.offsets[i])
             out[row, :n] = self.states[start : start + n]
             mask[row, :n] = 1
-        return out, mask
+        return out.to(self.device), mask.to(self.device)
 
 
 def compute_states(
@@ -51,6 +52,7 @@ def compute_states(
 ) -> TokenStates:
     from tqdm.auto import tqdm
 
+    device = next(model.parameters()).device
     order = np.argsort([len(t) for t in texts], kind="stable")
     chunks: list[np.ndarray | None] = [None] * len(texts)
     bar = tqdm(total=len(texts), desc=desc, unit="text", disable=not progress)
@@ -63,7 +65,8 @@ def compute_states(
             max_length=max_length,
             return_tensors="pt",
         )
-        h = model.lower_states(enc["input_ids"], enc["attention_mask"]).to(torch.float32)
+        ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+        h = model.lower_states(ids, mask).to(device="cpu", dtype=torch.float32)
         for row, i in enumerate(idx):
             n = int(enc["attention_mask"][row].sum())
             chunks[i] = h[row, :n].numpy()
@@ -78,7 +81,9 @@ def compute_states(
 def cached_states(
     model, tokenizer, texts: Sequence[str], max_length: int, fingerprint: str, kind: str
 ) -> TokenStates:
-    """`compute_states`, memoised on disk (two .npy files written atomically)."""
+    """`compute_states`, memoised on disk (two .npy files written atomically); batches come
+    on the model's device."""
+    device = next(model.parameters()).device
     key = f"{kind}-{fingerprint}-F{model.n_frozen}-L{max_length}-{texts_digest(texts)[:24]}"
     base = cache_dir() / "states" / key
     s_path, o_path = base.with_suffix(".states.npy"), base.with_suffix(".offsets.npy")
@@ -86,11 +91,12 @@ def cached_states(
         offsets = np.load(o_path)
         if len(offsets) == len(texts) + 1:
             log.info("token states: cache hit %s", base)
-            return TokenStates(torch.from_numpy(np.load(s_path)), offsets)
+            return TokenStates(torch.from_numpy(np.load(s_path)), offsets, device)
     ts = compute_states(model, tokenizer, texts, max_length, desc=f"{kind} token states")
     base.parent.mkdir(parents=True, exist_ok=True)
     for path, arr in ((s_path, ts.states.numpy()), (o_path, ts.offsets)):
         tmp = path.with_suffix(".tmp.npy")
         np.save(tmp, arr)
         tmp.replace(path)
+    ts.device = device
     return ts

@@ -97,7 +97,7 @@ def kmeans_init(model: SemanticIndexer, level: int, reps: torch.Tensor, seed: in
     from sklearn.cluster import KMeans
 
     k = model.cfg.codebook_size
-    x = reps.numpy()
+    x = reps.cpu().numpy()
     if model.cfg.codebook_init == "kmeans" and len(x) > k:
         km = KMeans(k, n_init=1, max_iter=50, random_state=seed).fit(x)
         centres = torch.from_numpy(km.cluster_centers_.astype(np.float32))
@@ -165,15 +165,16 @@ class Trainer:
         """Loss at 0-based `level`; `main` adds the KL at `level` and the EMA update."""
         m, cfg, codes = self.model, self.cfg, self.state.codes
         items = np.asarray(batch.items)
-        prefix_items = torch.from_numpy(codes[items, :level])
         lower, mask_d = self.items.batch(batch.items)
+        dev = mask_d.device
+        prefix_items = torch.from_numpy(codes[items, :level]).to(dev)
         mem_d = m.encode(lower, mask_d)
         h_d = m.decode(mem_d, mask_d, prefix_items)  # (B, level+1, D)
         lower, mask_q = self.queries.batch(batch.queries)
         mem_q = m.encode(lower, mask_q)
-        q_item = torch.tensor(batch.query_item)
+        q_item = torch.tensor(batch.query_item, device=dev)
         h_q = m.decode(mem_q, mask_q, prefix_items[q_item])
-        positive = torch.from_numpy(batch.positive)
+        positive = torch.from_numpy(batch.positive).to(dev)
         parts: dict[str, torch.Tensor] = {
             "nce": multi_positive_nce(h_q[:, level], h_d[:, level], positive, cfg.temperature)
         }
@@ -196,7 +197,7 @@ class Trainer:
                 / len(coded)
             )
         if self.ab.commitment and level > 0:
-            fixed = torch.from_numpy(codes[items, :level])
+            fixed = prefix_items
             parts["commit"] = (
                 cfg.commit_weight
                 * sum(
@@ -263,7 +264,7 @@ class Trainer:
         reps = step_representations(
             self.model, self.items, self.state.codes[:, :level], desc=f"assign level {level + 1}"
         )
-        codes = self.model.code_logits(reps[:, level], level).argmax(-1).numpy()
+        codes = self.model.code_logits(reps[:, level], level).argmax(-1).cpu().numpy()
         self.state.codes[:, level] = codes
         return code_stats(self.state.codes[:, : level + 1], self.cfg.codebook_size)
 
