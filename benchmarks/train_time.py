@@ -1,10 +1,10 @@
 """How long a full `sidserve train` takes on this machine, on the CPU or a GPU (issue 3: within
 60 minutes on the 2-core CPU machine; the time on a GPU where one is lent).
 
-    python benchmarks/train_time.py [--device cuda] [--catalog CSV --judgments CSV]
+    python benchmarks/train_time.py [--device cuda] [--config FILE] [--catalog CSV --judgments CSV]
 
-Runs the default training (no --config) from a cold start: the frozen encoder layers' token
-states are computed into an empty cache directory, so their time is part of the figure. Prints
+Runs the default training (or `--config FILE`'s) from a cold start: the frozen encoder layers'
+token states are computed into an empty cache directory, so their time is part of the figure. Prints
 and writes benchmarks/results/train-time-<device type>.md: the command's wall time, the
 trainer's own clock (`train_seconds`, from after the catalog's token states), seconds per
 level, and what the dev split's code agreement was at the end of each level.
@@ -46,12 +46,15 @@ def main() -> int:
     p.add_argument("--catalog", type=Path, default=DATA / "products.csv.gz")
     p.add_argument("--judgments", type=Path, default=DATA / "judgments.csv.gz")
     p.add_argument("--out", type=Path, help="checkpoint directory (default: runs/train-<device>)")
+    p.add_argument("--config", type=Path, help="`sidserve train --config` (default: none)")
     p.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
     args = p.parse_args()
     kind = args.device.split(":")[0]
     out = args.out or ROOT / "runs" / f"train-{kind}"
     cmd = [sys.executable, "-m", "sidserve.cli", "train", "--device", args.device]
     cmd += ["--catalog", str(args.catalog), "--judgments", str(args.judgments), "--out", str(out)]
+    if args.config:
+        cmd += ["--config", str(args.config)]
     with tempfile.TemporaryDirectory(prefix="sidserve-cache-") as cache:
         env = {**os.environ, "SIDSERVE_CACHE_DIR": cache, "HF_HUB_OFFLINE": "1"}
         t0 = time.perf_counter()
@@ -80,7 +83,8 @@ def main() -> int:
         f"- date: {datetime.now(UTC).isoformat(timespec='seconds')}",
         f"- machine: {machine() if gpu is None else machine().replace('no GPU', gpu)}",
         f"- device: {doc.get('device', args.device)}",
-        f"- command: `python benchmarks/train_time.py --device {args.device}`, which runs "
+        f"- command: `python benchmarks/train_time.py --device {args.device}"
+        f"{f' --config {args.config}' if args.config else ''}`, which runs "
         f"`{shlex.join(shown)}` with an empty `SIDSERVE_CACHE_DIR`",
         "",
         "| wall s (whole command) | train_seconds (after the catalog's token states) |",
