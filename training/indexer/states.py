@@ -50,6 +50,8 @@ def compute_states(
     desc: str = "token states",
     progress: bool = True,
 ) -> TokenStates:
+    """Token states of `texts` after the frozen layers, run on the model's device and kept in
+    host memory; their `batch` comes on that device."""
     from tqdm.auto import tqdm
 
     device = next(model.parameters()).device
@@ -75,14 +77,13 @@ def compute_states(
     lengths = np.array([len(c) for c in chunks])  # type: ignore[arg-type]
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     states = torch.from_numpy(np.concatenate(chunks))  # type: ignore[arg-type]
-    return TokenStates(states=states, offsets=offsets)
+    return TokenStates(states=states, offsets=offsets, device=device)
 
 
 def cached_states(
     model, tokenizer, texts: Sequence[str], max_length: int, fingerprint: str, kind: str
 ) -> TokenStates:
-    """`compute_states`, memoised on disk (two .npy files written atomically); batches come
-    on the model's device."""
+    """`compute_states`, memoised on disk (two .npy files written atomically)."""
     device = next(model.parameters()).device
     key = f"{kind}-{fingerprint}-F{model.n_frozen}-L{max_length}-{texts_digest(texts)[:24]}"
     base = cache_dir() / "states" / key
@@ -98,5 +99,4 @@ def cached_states(
         tmp = path.with_suffix(".tmp.npy")
         np.save(tmp, arr)
         tmp.replace(path)
-    ts.device = device
     return ts
