@@ -5,7 +5,7 @@
 
 Runs the default training (or `--config FILE`'s) from a cold start: the frozen encoder layers'
 token states are computed into an empty cache directory, so their time is part of the figure. Prints
-and writes benchmarks/results/train-time-<device type>.md: the command's wall time, the
+and writes benchmarks/results/train-time-<device type>[-<config name>].md: the wall time, the
 trainer's own clock (`train_seconds`, from after the catalog's token states), seconds per
 level, and what the dev split's code agreement was at the end of each level.
 """
@@ -96,7 +96,8 @@ def main() -> int:
         "",
         *md_table(["level", "seconds", "utilisation", "paths", "dev code acc (l1 / l2 / …)"], rows),
     ]
-    write_report(args.results / f"train-time-{kind}.md", lines)
+    suffix = f"-{args.config.stem}" if args.config else ""  # the default's file stays its own
+    write_report(args.results / f"train-time-{kind}{suffix}.md", lines)
     return 0
 
 
