@@ -8,7 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 
-def machine() -> str:
+def machine(gpu: str | None = None) -> str:
+    """CPU model, cores and OS, then `gpu` (what ran the work) or "no GPU"."""
     model = "unknown CPU"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -17,7 +18,8 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return f"{model}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}, no GPU"
+    system = f"{platform.system()} {platform.machine()}"
+    return f"{model}, {os.cpu_count()} cores, {system}, {gpu or 'no GPU'}"
 
 
 def md_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:

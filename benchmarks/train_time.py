@@ -30,16 +30,6 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data" / "homedepot"
 
 
-def gpu_line(device: str) -> str | None:
-    """'NVIDIA H200, 139.8 GiB' for a CUDA device, else None (torch imported only then)."""
-    if not device.startswith("cuda"):
-        return None
-    import torch
-
-    props = torch.cuda.get_device_properties(torch.device(device))
-    return f"{props.name}, {props.total_memory / 2**30:.1f} GiB"
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cpu", help="`sidserve train --device` (default cpu)")
@@ -75,14 +65,14 @@ def main() -> int:
                 " / ".join(f"{v:.3f}" for _, v in agreement),
             ]
         )
-    gpu = gpu_line(args.device)
+    device = doc.get("device", args.device)  # 'cuda:0 (NVIDIA H200)', as training recorded it
     shown = ["sidserve", *cmd[3:]]
     lines = [
         f"# Training time ({kind})",
         "",
         f"- date: {datetime.now(UTC).isoformat(timespec='seconds')}",
-        f"- machine: {machine() if gpu is None else machine().replace('no GPU', gpu)}",
-        f"- device: {doc.get('device', args.device)}",
+        f"- machine: {machine(device if kind == 'cuda' else None)}",
+        f"- device: {device}",
         f"- command: `python benchmarks/train_time.py --device {args.device}"
         f"{f' --config {args.config}' if args.config else ''}`, which runs "
         f"`{shlex.join(shown)}` with an empty `SIDSERVE_CACHE_DIR`",

@@ -34,7 +34,8 @@ def main() -> int:
     for f in sorted(args.files.glob(f"{args.prefix}trained*.safetensors")):
         got.update(load_file(str(f)))
     codes = got.pop("item_codes").numpy()
-    missing = [k for k in state if not k.startswith(("embeddings.", "lower.")) and k not in got]
+    frozen = SemanticIndexer.FROZEN_PREFIXES
+    missing = [k for k in state if not k.startswith(frozen) and k not in got]
     if missing:
         raise SystemExit(f"{args.files}: no {', '.join(missing)}")
     state.update(got)

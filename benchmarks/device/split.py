@@ -13,7 +13,8 @@ from pathlib import Path
 
 from safetensors.numpy import load_file, save_file
 
-FROZEN = ("embeddings.", "lower.")
+from training.indexer.model import SemanticIndexer
+
 PART_BYTES = 15e6
 
 
@@ -22,7 +23,7 @@ def main(ck: Path, out: Path, prefix: str = "") -> None:
     parts: list[dict] = [{}]
     size = 0
     for name, value in tensors.items():
-        if name.startswith(FROZEN):
+        if name.startswith(SemanticIndexer.FROZEN_PREFIXES):
             continue
         if size + value.nbytes > PART_BYTES and parts[-1]:
             parts.append({})

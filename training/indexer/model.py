@@ -26,6 +26,9 @@ def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 class SemanticIndexer(nn.Module):
+    # state-dict names of the frozen part (`embeddings`, `lower`): the base model's own weights
+    FROZEN_PREFIXES = ("embeddings.", "lower.")
+
     def __init__(self, cfg: IndexerConfig, encoder_dir: str | Path | None = None):
         super().__init__()
         from transformers import AutoConfig, AutoModel
