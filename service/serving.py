@@ -101,6 +101,7 @@ class SidService:
             max_wait_s=settings.batch_max_wait_ms / 1000,
             queue_limit=settings.queue_limit,
             workers=settings.workers,
+            length_window=settings.batch_length_window,
         )
         self._trie_lock = asyncio.Lock()
         self.metrics.model.info(

@@ -46,6 +46,13 @@ class Settings(BaseSettings):
     batch_max_wait_ms: float = Field(
         0.0, ge=0, description="how long a lone query waits for company"
     )
+    batch_length_window: int = Field(
+        0,
+        ge=0,
+        description="queued queries among which a batch prefers those closest to the oldest "
+        "one's token length (less padding, more queries/s, a longer tail); up to "
+        "batch_max_queries = first come, first served",
+    )
     queue_limit: int = Field(1024, ge=1, description="queued queries before 503")
     workers: int = Field(2, ge=1, description="batches run side by side (worker threads)")
     onnx_threads: int = Field(

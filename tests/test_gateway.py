@@ -180,8 +180,11 @@ def test_batch_equals_singles_and_sids_only(client):
         assert res["candidates"] == []
 
 
-def test_concurrent_requests_are_batched_and_exact(bundle_dir):
-    settings = Settings(bundle=bundle_dir, batch_max_wait_ms=20.0)
+@pytest.mark.parametrize("window", [0, 32])
+def test_concurrent_requests_are_batched_and_exact(bundle_dir, window):
+    settings = Settings(
+        bundle=bundle_dir, batch_max_wait_ms=20.0, batch_max_queries=4, batch_length_window=window
+    )
     app = create_app(settings)
     svc: SidService = app.state.service
 

@@ -1,0 +1,78 @@
+"""Which queued queries form the next batch (`QueryBatcher._take`)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from service.batching import QueryBatcher, _Job
+from service.metrics import Metrics
+
+
+def batcher(max_batch: int, length_window: int) -> QueryBatcher:
+    return QueryBatcher(
+        backend=None,  # type: ignore[arg-type]  # _take never touches the model
+        trie=None,  # type: ignore[arg-type]
+        metrics=Metrics(),
+        pad_id=0,
+        max_batch=max_batch,
+        length_window=length_window,
+    )
+
+
+def queue(b: QueryBatcher, lengths: list[int], beams: list[int] | None = None) -> list[_Job]:
+    loop = asyncio.new_event_loop()
+    beams = beams or [10] * len(lengths)
+    jobs = [
+        _Job(np.arange(n), beam, loop.create_future())
+        for n, beam in zip(lengths, beams, strict=True)
+    ]
+    b._queue.extend(jobs)
+    return jobs
+
+
+def test_batches_group_similar_lengths_and_always_serve_the_oldest():
+    b = batcher(max_batch=3, length_window=32)
+    jobs = queue(b, [4, 12, 5, 11, 4, 13, 6, 12])
+    first = b._take()
+    assert first == [jobs[0], jobs[2], jobs[4]]  # the oldest (4) and the two other 4-5s
+    second = b._take()
+    assert second == [jobs[1], jobs[3], jobs[7]]  # the oldest left (12), then 11 and 12
+    assert b._take() == [jobs[5], jobs[6]]  # what is left, oldest first
+    assert b._take() == []
+    padded = sum(len(batch) * max(len(j.ids) for j in batch) for batch in (first, second))
+    fifo = 3 * 12 + 3 * 12  # first come: [4, 12, 5] and [11, 4, 13] would pad to 12 and 13
+    assert padded < fifo
+
+
+def test_ties_prefer_the_shorter_then_the_older():
+    b = batcher(max_batch=3, length_window=32)
+    jobs = queue(b, [6, 7, 5, 7, 5])
+    assert b._take() == [jobs[0], jobs[2], jobs[4]]  # 5s before 7s: they widen nothing
+
+
+def test_window_zero_or_no_larger_than_the_batch_is_first_come_first_served():
+    for window in (0, 3):
+        b = batcher(max_batch=3, length_window=window)
+        jobs = queue(b, [4, 12, 5, 11, 4, 13])
+        assert b._take() == jobs[:3]
+        assert b._take() == jobs[3:]
+
+
+def test_only_the_window_is_searched():
+    b = batcher(max_batch=2, length_window=3)
+    jobs = queue(b, [4, 12, 11, 4])
+    assert b._take() == [jobs[0], jobs[2]]  # the 4 at position 3 is beyond the window
+    assert b._take() == [jobs[1], jobs[3]]
+
+
+@pytest.mark.parametrize("window", [0, 32])
+def test_other_beam_widths_and_cancelled_jobs_wait_or_go(window):
+    b = batcher(max_batch=2, length_window=window)
+    jobs = queue(b, [4, 4, 4, 4, 4], beams=[10, 5, 10, 10, 5])
+    jobs[2].future.cancel()  # a timed-out request
+    assert b._take() == [jobs[0], jobs[3]]
+    assert list(b._queue) == [jobs[1], jobs[4]]  # queue order kept, the cancelled one gone
+    assert b._take() == [jobs[1], jobs[4]]
