@@ -8,6 +8,7 @@ from training.metrics import (
     assignment_agreement,
     category_ami,
     code_accuracy,
+    code_accuracy_ceiling,
     codebook_stats,
     collision_stats,
     matched_depth,
@@ -212,6 +213,27 @@ def test_code_accuracy_partial_agreement() -> None:
     assert acc == pytest.approx({"l1_code_acc": 0.75, "l2_code_acc": 0.5, "l3_code_acc": 0.25})
     with pytest.raises(ValueError):
         code_accuracy(query_top1, ITEMS, np.array([], dtype=int), np.array([], dtype=int))
+
+
+def test_code_accuracy_ceiling_counts_each_querys_most_shared_prefix() -> None:
+    # q0's relevant items 0 [1,2,3], 1 [1,2,4], 2 [1,5,3], 3 [2,2,3]: three share level 1 (code
+    # 1), two levels 1-2 ([1,2]), no two all three levels; q2 (no q1) has item 5 alone.
+    pq, pi = np.array([0, 0, 0, 0, 2]), np.array([0, 1, 2, 3, 5])
+    ceiling = code_accuracy_ceiling(ITEMS, pq, pi)
+    assert ceiling == pytest.approx(
+        {"l1_code_acc_ceiling": 4 / 5, "l2_code_acc_ceiling": 3 / 5, "l3_code_acc_ceiling": 2 / 5}
+    )
+    # it bounds what any query SIDs reach, and query SIDs that pick those prefixes reach it
+    best = np.array([[1, 2, 3], [0, 0, 0], [7, 7, 7]])
+    acc = code_accuracy(best, ITEMS, pq, pi)
+    assert acc["l1_code_acc"] == ceiling["l1_code_acc_ceiling"]
+    assert acc["l2_code_acc"] == ceiling["l2_code_acc_ceiling"]
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        acc = code_accuracy(rng.integers(1, 3, size=(3, 3)), ITEMS, pq, pi)
+        assert all(acc[f"l{d}_code_acc"] <= ceiling[f"l{d}_code_acc_ceiling"] for d in (1, 2, 3))
+    with pytest.raises(ValueError):
+        code_accuracy_ceiling(ITEMS, np.array([], dtype=int), np.array([], dtype=int))
 
 
 def test_assignment_agreement_counts_prefixes_not_single_levels() -> None:

@@ -26,6 +26,7 @@ from training.metrics import (
     SID_ORDERS,
     category_ami,
     code_accuracy,
+    code_accuracy_ceiling,
     codebook_stats,
     collision_stats,
     prefix_features,
@@ -108,6 +109,7 @@ def sid_metrics(result: MethodResult, queries: QuerySet | None, threshold: float
         top1 = np.stack([b[0] for b in result.query_sids])
         if len(q_idx):
             metrics.update(code_accuracy(top1, sids, q_idx, i_idx))
+            metrics.update(code_accuracy_ceiling(sids, q_idx, i_idx))
         assert result.candidates is not None
         metrics["candidates_mean"] = float(result.candidates.mean())
         metrics["candidates_median"] = float(np.median(result.candidates))

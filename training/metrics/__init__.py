@@ -22,6 +22,7 @@ from training.metrics.retrieval import retrieval_metrics
 from training.metrics.sid_quality import (
     assignment_agreement,
     code_accuracy,
+    code_accuracy_ceiling,
     codebook_stats,
     collision_stats,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "assignment_agreement",
     "category_ami",
     "code_accuracy",
+    "code_accuracy_ceiling",
     "codebook_stats",
     "collision_stats",
     "matched_depth",

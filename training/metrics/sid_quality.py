@@ -7,7 +7,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["assignment_agreement", "code_accuracy", "codebook_stats", "collision_stats"]
+__all__ = [
+    "assignment_agreement",
+    "code_accuracy",
+    "code_accuracy_ceiling",
+    "codebook_stats",
+    "collision_stats",
+]
 
 
 def _as_sids(sids: np.ndarray, name: str) -> np.ndarray:
@@ -15,6 +21,20 @@ def _as_sids(sids: np.ndarray, name: str) -> np.ndarray:
     if arr.ndim != 2:
         raise ValueError(f"{name} must be 2-D (rows, levels), got shape {arr.shape}")
     return arr
+
+
+def _relevant_pairs(
+    pair_query: np.ndarray, pair_item: np.ndarray, what: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Aligned (query, item) index arrays of the relevant pairs, checked: same length, not
+    empty (`what` names the metric in the error)."""
+    pq = np.asarray(pair_query, dtype=np.int64).ravel()
+    pi = np.asarray(pair_item, dtype=np.int64).ravel()
+    if pq.shape != pi.shape:
+        raise ValueError(f"pair_query ({pq.size}) and pair_item ({pi.size}) differ in length")
+    if pq.size == 0:
+        raise ValueError(f"{what} needs at least one relevant pair")
+    return pq, pi
 
 
 def code_accuracy(
@@ -33,15 +53,33 @@ def code_accuracy(
     it = _as_sids(item_sids, "item_sids")
     if q.shape[1] != it.shape[1]:
         raise ValueError(f"query_top1 has {q.shape[1]} levels but item_sids has {it.shape[1]}")
-    pq = np.asarray(pair_query, dtype=np.int64).ravel()
-    pi = np.asarray(pair_item, dtype=np.int64).ravel()
-    if pq.shape != pi.shape:
-        raise ValueError(f"pair_query ({pq.size}) and pair_item ({pi.size}) differ in length")
-    if pq.size == 0:
-        raise ValueError("code_accuracy needs at least one relevant pair")
+    pq, pi = _relevant_pairs(pair_query, pair_item, "code_accuracy")
     agree = np.cumprod(q[pq] == it[pi], axis=1, dtype=np.int64)  # (P, L): prefix agreement
     acc = agree.mean(axis=0)
     return {f"l{d}_code_acc": float(acc[d - 1]) for d in range(1, q.shape[1] + 1)}
+
+
+def code_accuracy_ceiling(
+    item_sids: np.ndarray, pair_query: np.ndarray, pair_item: np.ndarray
+) -> dict[str, float]:
+    """The highest ``l{d}_code_acc`` any query SIDs could reach against these item SIDs.
+
+    A query has one top-1 SID, so of its relevant items it can agree with at most those that
+    share the most common level-1..d prefix among them. Summed over queries and divided by the
+    pairs, that bounds the code accuracy from above: where the bound is low, the item SIDs
+    scatter co-relevant products, and no query model can make up for it.
+    Returns ``l{d}_code_acc_ceiling`` for every level.
+    """
+    it = _as_sids(item_sids, "item_sids")
+    pq, pi = _relevant_pairs(pair_query, pair_item, "code_accuracy_ceiling")
+    out = {}
+    for d in range(1, it.shape[1] + 1):
+        keys = np.column_stack([pq, it[pi, :d]])  # (P, 1 + d): query, prefix
+        uniq, counts = np.unique(keys, axis=0, return_counts=True)
+        best = np.zeros(pq.max() + 1, dtype=np.int64)
+        np.maximum.at(best, uniq[:, 0], counts)  # per query: its most shared prefix
+        out[f"l{d}_code_acc_ceiling"] = float(best.sum() / pq.size)
+    return out
 
 
 def codebook_stats(item_sids: np.ndarray, codebook_sizes: Sequence[int]) -> dict[str, float]:
