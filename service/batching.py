@@ -3,13 +3,14 @@
 Requests put one job per query on the queue and await its future. A single owner task waits
 for a free worker, takes the oldest queued job and up to `max_batch - 1` others with its beam
 width, pads them into one batch and hands it to the worker thread (encoder + beam search).
-Among the first `length_window` such jobs it prefers those closest to the oldest one's token
-length: every row of a batch is padded to its longest, and in first-come batches of 8 dev
-queries a third of the tokens are padding. While workers are busy, new jobs queue up and form
-the next batch, so batches grow with load by themselves; `max_wait_s` optionally holds a lone
-job back for company. With several workers (each running ONNX Runtime single-threaded by
-default) batches run side by side: small graphs use cores better that way than with intra-op
-threads. Queue depth and batch sizes go to Prometheus.
+With a `length_window` above `max_batch` (off by default) it prefers, among the first
+`length_window` such jobs, those closest to the oldest one's token length: every row of a batch
+is padded to its longest, and in first-come batches of 8 dev queries a third of the tokens are
+padding. While workers are busy, new jobs queue up and form the next batch, so batches grow
+with load by themselves; `max_wait_s` optionally holds a lone job back for company. With
+several workers (each running ONNX Runtime single-threaded by default) batches run side by
+side: small graphs use cores better that way than with intra-op threads. Queue depth and batch
+sizes go to Prometheus.
 """
 
 from __future__ import annotations
