@@ -37,6 +37,7 @@ SID = [
     "collision_rate",
     "max_items_per_leaf",
     "candidates_mean",
+    "candidate_recall",
 ]
 RELEVANCE = ["auc_dense", "auc_dense_sid", "auc_gain_points"]
 TOYS = ["ami_l1", "ami_l2", "ami_l3", "l1_utilisation", "collision_rate"]

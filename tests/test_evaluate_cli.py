@@ -52,6 +52,7 @@ def test_sid_methods_report_sid_quality(tmp_path, tiny_catalog, tiny_judgments, 
     assert 0.0 <= m["l1_code_acc"] <= 1.0 and m["l2_code_acc"] <= m["l1_code_acc"]
     for d in (1, 2):  # no query SIDs can beat the bound the item SIDs set
         assert m[f"l{d}_code_acc"] <= m[f"l{d}_code_acc_ceiling"] <= 1.0
+    assert m["recall@100"] <= m["candidate_recall"] <= 1.0  # only candidates are ranked
     assert m["candidates_mean"] > 0
     assert {"recall@10", "mrr@100", "auc_dense", "collision_rate"} <= m.keys()
 

@@ -6,6 +6,7 @@ import pytest
 from training.metrics import (
     SidIndex,
     assignment_agreement,
+    candidate_recall,
     category_ami,
     code_accuracy,
     code_accuracy_ceiling,
@@ -234,6 +235,18 @@ def test_code_accuracy_ceiling_counts_each_querys_most_shared_prefix() -> None:
         assert all(acc[f"l{d}_code_acc"] <= ceiling[f"l{d}_code_acc_ceiling"] for d in (1, 2, 3))
     with pytest.raises(ValueError):
         code_accuracy_ceiling(ITEMS, np.array([], dtype=int), np.array([], dtype=int))
+
+
+def test_candidate_recall_counts_relevant_items_any_beam_reaches() -> None:
+    beams = [np.array([[1, 2, 9], [2, 9, 9]]), np.array([[7, 7, 7]])]
+    # q0: items 0 [1,2,3] and 1 [1,2,4] share levels 1-2 with beam 0, item 3 [2,2,3] level 1
+    # with beam 1, item 5 [7,7,7] nothing; q1: item 5 fully, item 2 [1,5,3] nothing
+    pq, pi = np.array([0, 0, 0, 0, 1, 1]), np.array([0, 1, 3, 5, 5, 2])
+    assert candidate_recall(beams, ITEMS, pq, pi, min_depth=1) == pytest.approx((3 / 4 + 1 / 2) / 2)
+    assert candidate_recall(beams, ITEMS, pq, pi, min_depth=2) == pytest.approx((2 / 4 + 1 / 2) / 2)
+    assert candidate_recall(beams, ITEMS, pq, pi, min_depth=3) == pytest.approx((0 + 1 / 2) / 2)
+    no_beams = [np.zeros((0, 3), dtype=int), np.zeros((0, 3), dtype=int)]
+    assert candidate_recall(no_beams, ITEMS, pq, pi) == 0.0
 
 
 def test_assignment_agreement_counts_prefixes_not_single_levels() -> None:

@@ -24,6 +24,7 @@ from training.methods import METHODS, EvalContext, MethodResult
 from training.metrics import (
     RERANK_POOL,
     SID_ORDERS,
+    candidate_recall,
     category_ami,
     code_accuracy,
     code_accuracy_ceiling,
@@ -95,7 +96,9 @@ def _check(args: argparse.Namespace) -> None:
         raise ValueError("--dev-fraction must be within (0, 1)")
 
 
-def sid_metrics(result: MethodResult, queries: QuerySet | None, threshold: float) -> dict:
+def sid_metrics(
+    result: MethodResult, queries: QuerySet | None, threshold: float, min_depth: int = 1
+) -> dict:
     sids = result.item_sids
     assert sids is not None and result.codebook_sizes is not None
     metrics: dict[str, float] = {}
@@ -110,6 +113,9 @@ def sid_metrics(result: MethodResult, queries: QuerySet | None, threshold: float
         if len(q_idx):
             metrics.update(code_accuracy(top1, sids, q_idx, i_idx))
             metrics.update(code_accuracy_ceiling(sids, q_idx, i_idx))
+            metrics["candidate_recall"] = candidate_recall(
+                result.query_sids, sids, q_idx, i_idx, min_depth
+            )
         assert result.candidates is not None
         metrics["candidates_mean"] = float(result.candidates.mean())
         metrics["candidates_median"] = float(np.median(result.candidates))
@@ -205,7 +211,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     if queries is not None and result.ranked is not None:
         metrics.update(retrieval_metrics(result.ranked, queries.judged, threshold=args.threshold))
     if result.item_sids is not None:
-        metrics.update(sid_metrics(result, queries, args.threshold))
+        metrics.update(sid_metrics(result, queries, args.threshold, args.min_depth))
         metrics.update(result.metrics)
         if catalog.categories is not None:
             metrics.update(category_ami(result.item_sids, category_levels(catalog.categories)))

@@ -21,6 +21,7 @@ from training.metrics.relevance import relevance_auc
 from training.metrics.retrieval import retrieval_metrics
 from training.metrics.sid_quality import (
     assignment_agreement,
+    candidate_recall,
     code_accuracy,
     code_accuracy_ceiling,
     codebook_stats,
@@ -33,6 +34,7 @@ __all__ = [
     "SID_ORDERS",
     "SidIndex",
     "assignment_agreement",
+    "candidate_recall",
     "category_ami",
     "code_accuracy",
     "code_accuracy_ceiling",

@@ -9,6 +9,7 @@ import numpy as np
 
 __all__ = [
     "assignment_agreement",
+    "candidate_recall",
     "code_accuracy",
     "code_accuracy_ceiling",
     "codebook_stats",
@@ -80,6 +81,30 @@ def code_accuracy_ceiling(
         np.maximum.at(best, uniq[:, 0], counts)  # per query: its most shared prefix
         out[f"l{d}_code_acc_ceiling"] = float(best.sum() / pq.size)
     return out
+
+
+def candidate_recall(
+    query_beams: Sequence[np.ndarray],
+    item_sids: np.ndarray,
+    pair_query: np.ndarray,
+    pair_item: np.ndarray,
+    min_depth: int = 1,
+) -> float:
+    """Share of a query's relevant items that are SID candidates at all, averaged over the
+    queries with a relevant item (as ``recall@k``).
+
+    An item is a candidate of a query when its SID shares at least ``min_depth`` leading levels
+    with one of the query's beams (``query_beams[q]``: (k, L) paths). SID retrieval ranks only
+    candidates, so in any order and at any cut-off its recall is at most this.
+    """
+    it = _as_sids(item_sids, "item_sids")
+    pq, pi = _relevant_pairs(pair_query, pair_item, "candidate_recall")
+    per_query: dict[int, list[bool]] = {}
+    for q, i in zip(pq.tolist(), pi.tolist(), strict=True):
+        beams = np.asarray(query_beams[q]).reshape(-1, it.shape[1])
+        depth = np.cumprod(beams == it[i], axis=1).sum(axis=1).max(initial=0)
+        per_query.setdefault(q, []).append(bool(depth >= min_depth))
+    return float(np.mean([np.mean(found) for found in per_query.values()]))
 
 
 def codebook_stats(item_sids: np.ndarray, codebook_sizes: Sequence[int]) -> dict[str, float]:
