@@ -7,6 +7,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from sidserve.prefix import matched_depth
+
 __all__ = [
     "assignment_agreement",
     "candidate_recall",
@@ -99,12 +101,12 @@ def candidate_recall(
     """
     it = _as_sids(item_sids, "item_sids")
     pq, pi = _relevant_pairs(pair_query, pair_item, "candidate_recall")
-    per_query: dict[int, list[bool]] = {}
-    for q, i in zip(pq.tolist(), pi.tolist(), strict=True):
+    shares = []
+    for q in np.unique(pq):
         beams = np.asarray(query_beams[q]).reshape(-1, it.shape[1])
-        depth = np.cumprod(beams == it[i], axis=1).sum(axis=1).max(initial=0)
-        per_query.setdefault(q, []).append(bool(depth >= min_depth))
-    return float(np.mean([np.mean(found) for found in per_query.values()]))
+        depth = matched_depth(beams, it[pi[pq == q]])  # (relevant items, beams)
+        shares.append((depth.max(axis=1, initial=0) >= min_depth).mean())
+    return float(np.mean(shares))
 
 
 def codebook_stats(item_sids: np.ndarray, codebook_sizes: Sequence[int]) -> dict[str, float]:
