@@ -159,6 +159,21 @@ def hf_comparison(args, bundle_dir: Path, queries: list[str]) -> list[list[objec
     allowed = hf.AllowedTokens.from_paths(
         paths, model.config.codebook_size, model.config.eos_token_id
     )
+
+    def both_sides(onnx: OnnxIndexer, texts: list[str]) -> tuple[list[float], list, list]:
+        """One batch through ours, then HF: (clock at each step, our beams, HF's)."""
+        t = [time.perf_counter()]
+        ids, mask = tok.queries(texts)
+        memory = onnx.encode(ids, mask)
+        t.append(time.perf_counter())
+        ours = list(beams_for_memory(onnx.decode_step, memory, mask, trie, 10, onnx.cache_entries))
+        t.append(time.perf_counter())
+        h_memory, h_mask = hf.encode(model, hf_tok, texts)
+        t.append(time.perf_counter())
+        theirs = hf.beams_for_memory(model, h_memory, h_mask, allowed, 10)
+        t.append(time.perf_counter())
+        return t, ours, theirs
+
     rows = []
     for batch, n_batches in ((1, args.hf_queries_b1), (32, args.hf_batches_b32)):
         # both sides get the same threads: 1 at batch 1 (the gateway's per-worker setting),
@@ -169,27 +184,13 @@ def hf_comparison(args, bundle_dir: Path, queries: list[str]) -> list[list[objec
         # one untimed batch on each side first: the first calls pay for lazy set-up (the
         # sessions' and torch's allocations), which over 4 timed batches of 32 swung HF's
         # mean from 187 to 437 ms per batch
-        warm = queries[:batch]
-        ids, mask = tok.queries(warm)
-        memory = onnx.encode(ids, mask)
-        beams_for_memory(onnx.decode_step, memory, mask, trie, 10, onnx.cache_entries)
-        hf.beams_for_memory(model, *hf.encode(model, hf_tok, warm), allowed, 10)
+        both_sides(onnx, queries[:batch])
         timing = {"ours_search": 0.0, "ours_total": 0.0, "hf_search": 0.0, "hf_total": 0.0}
         same = total = 0
         for i in range(n_batches):
-            texts = queries[i * batch : (i + 1) * batch]
-            t0 = time.perf_counter()
-            ids, mask = tok.queries(texts)
-            memory = onnx.encode(ids, mask)
-            t1 = time.perf_counter()
-            ours = list(
-                beams_for_memory(onnx.decode_step, memory, mask, trie, 10, onnx.cache_entries)
+            (t0, t1, t2, t3, t4), ours, theirs = both_sides(
+                onnx, queries[i * batch : (i + 1) * batch]
             )
-            t2 = time.perf_counter()
-            h_memory, h_mask = hf.encode(model, hf_tok, texts)
-            t3 = time.perf_counter()
-            theirs = hf.beams_for_memory(model, h_memory, h_mask, allowed, 10)
-            t4 = time.perf_counter()
             timing["ours_search"] += t2 - t1
             timing["ours_total"] += t2 - t0
             timing["hf_search"] += t4 - t3
