@@ -30,6 +30,7 @@ from service.backends.base import InferenceBackend
 from service.metrics import Metrics
 from service.onnx_model import dense_vectors
 from service.query_beams import beams_for_memory
+from service.tokenizer import pad_rows
 from service.trie import CompactTrie
 
 T = TypeVar("T")
@@ -53,16 +54,6 @@ class _Job:
     beam: int
     future: asyncio.Future[Beams]
     enqueued: float = field(default_factory=time.perf_counter)
-
-
-def pad_rows(rows: list[np.ndarray], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    width = max(len(r) for r in rows)
-    ids = np.full((len(rows), width), pad_id, dtype=np.int64)
-    mask = np.zeros((len(rows), width), dtype=np.int64)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = r
-        mask[i, : len(r)] = 1
-    return ids, mask
 
 
 class QueryBatcher:

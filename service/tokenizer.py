@@ -27,20 +27,26 @@ class BundleTokenizer:
         if not texts:
             raise ValueError("nothing to tokenise")
         encs = self._tok.encode_batch(list(texts))
-        rows = [_truncate(e.ids, max_length, self.spec.sep_id) for e in encs]
-        width = max(len(r) for r in rows)
-        ids = np.full((len(rows), width), self.spec.pad_id, dtype=np.int64)
-        mask = np.zeros((len(rows), width), dtype=np.int64)
-        for i, r in enumerate(rows):
-            ids[i, : len(r)] = r
-            mask[i, : len(r)] = 1
-        return ids, mask
+        return pad_rows(
+            [_truncate(e.ids, max_length, self.spec.sep_id) for e in encs], self.spec.pad_id
+        )
 
     def queries(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         return self.encode(texts, self.spec.max_query_tokens)
 
     def items(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         return self.encode(texts, self.spec.max_item_tokens)
+
+
+def pad_rows(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Token rows right-padded to the longest: (ids (B, S) int64, mask (B, S) int64)."""
+    width = max(len(r) for r in rows)
+    ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = r
+        mask[i, : len(r)] = 1
+    return ids, mask
 
 
 def length_batches(
