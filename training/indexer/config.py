@@ -41,6 +41,14 @@ class IndexerConfig:
     balance_weight: float = 1.0
     balance_epsilon: float = 0.05  # Sinkhorn temperature on cosine similarities
     balance_iters: int = 3
+    # self-supervised mode only; supervised training ignores them (docs/indexer.md
+    # § Self-supervised mode): the contrastive second view of an item is one of its
+    # `neighbours` nearest catalog items (cosine of the untrained encoder's pooled outputs,
+    # among items sharing the fixed prefix; 0: a dropout view of the item itself, LMIndexer);
+    # `view_kl_weight` × the code KL between the two views at the level being trained
+    # (SCAN's neighbour consistency; 3.0 collapsed level 1 on the toys)
+    neighbours: int = 20
+    view_kl_weight: float = 1.0
     # --- data and sampling
     positive_threshold: float = 2.5  # a judged pair at or above this grade is a positive
     queries_per_item: int = 2  # multi-query sampling
@@ -76,6 +84,8 @@ class IndexerConfig:
             raise ValueError("code_loss_temperature must be > 0 (or null)")
         if self.encoder_nce_weight < 0:
             raise ValueError("encoder_nce_weight must be >= 0")
+        if self.neighbours < 0 or self.view_kl_weight < 0:
+            raise ValueError("neighbours and view_kl_weight must be >= 0")
         if self.bos_input not in ("pooled", "learned"):
             raise ValueError("bos_input must be 'pooled' or 'learned'")
         if self.lr_schedule not in ("constant", "linear"):

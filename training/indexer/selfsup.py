@@ -6,9 +6,11 @@ level T, with levels < T fixed:
 - reconstruction: the reconstructor sees the masked title plus the code vectors of levels
   1..T (level T straight-through quantised; during the warm-up, the continuous step-T
   representation: the reconstructor warm-up that LMIndexer uses against collapse);
-- contrastive: two dropout views of each item at step T, in-batch negatives drawn from items
+- contrastive: two views of each item at step T, in-batch negatives drawn from items
   sharing the fixed prefix (batches are prefix-grouped), so level T separates what the prefix
-  leaves together;
+  leaves together. The second view is a dropout view of the item itself, or with `neighbours`
+  one of its nearest catalog items (SCAN's mined neighbours, Van Gansbeke et al. 2020), with
+  `view_kl_weight` their code distributions pulled together too;
 - commitment: cross-entropy keeping levels < T on their codes.
 Codebooks: k-means initialisation and EMA, as in the supervised trainer.
 """
@@ -22,7 +24,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from training.indexer.losses import commitment, multi_positive_nce
+from training.indexer.inference import dense_representations
+from training.indexer.losses import code_kl, commitment, multi_positive_nce
 from training.indexer.model import SemanticIndexer
 from training.indexer.sampling import item_order
 from training.indexer.states import TokenStates
@@ -64,6 +67,20 @@ class Reconstructor(nn.Module):
         return self.out(h[masked]) @ self.words[self.vocab].T + self.bias
 
 
+def nearest_neighbours(vectors: np.ndarray, k: int, chunk: int = 2048) -> np.ndarray:
+    """(N, min(k, N-1)) each row's most similar other rows by dot product (unit vectors:
+    cosine), best first."""
+    x = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
+    k = min(k, len(x) - 1)
+    out = []
+    for start in range(0, len(x), chunk):
+        sims = x[start : start + chunk] @ x.T
+        rows = torch.arange(len(sims))
+        sims[rows, rows + start] = -torch.inf  # not its own neighbour
+        out.append(sims.topk(k, dim=1).indices)
+    return torch.cat(out).numpy()
+
+
 @dataclass
 class TitleTokens:
     ids: torch.Tensor  # (N, S) token ids, padded
@@ -98,6 +115,26 @@ class SelfSupervisedTrainer(Trainer):
         self.recon = Reconstructor(model, tokens.vocab).to(model.codebooks.device)
         super().__init__(model, item_states, item_states, pairs=None, log_path=log_path)
         self.opt.add_param_group({"params": list(self.recon.parameters()), "lr": self.cfg.head_lr})
+        self.neighbours = None
+        if self.cfg.neighbours > 0:
+            vectors = dense_representations(model, item_states)
+            self.neighbours = nearest_neighbours(vectors, self.cfg.neighbours)
+
+    def second_views(self, idx: np.ndarray, level: int) -> np.ndarray:
+        """Per item of a batch, the item whose step-T representation is its positive: a random
+        one of its nearest neighbours that share its fixed prefix, else (no neighbours asked
+        for, or none shares the prefix) the item itself, seen through another dropout mask."""
+        if self.neighbours is None:
+            return idx
+        codes = self.state.codes[:, :level]
+        out = idx.copy()
+        for r, i in enumerate(idx):
+            near = self.neighbours[i]
+            if level > 0:
+                near = near[(codes[near] == codes[i]).all(1)]
+            if len(near):
+                out[r] = near[self.rng.randrange(len(near))]
+        return out
 
     def epoch_batches(self, level: int) -> list[list[int]]:
         prefix = self.state.codes[:, :level] if level > 0 else None
@@ -112,9 +149,19 @@ class SelfSupervisedTrainer(Trainer):
         dev = mask.device
         prefix = torch.from_numpy(self.state.codes[idx, :level]).to(dev)
         h1 = m.decode(m.encode(lower, mask), mask, prefix)
-        h2 = m.decode(m.encode(lower, mask), mask, prefix)  # another dropout view
-        eye = torch.eye(len(batch), dtype=torch.bool, device=dev)
-        parts = {"contrast": multi_positive_nce(h1[:, level], h2[:, level], eye, cfg.temperature)}
+        other = self.second_views(idx, level)  # share the prefix: decoded with the same one
+        lower2, mask2 = (lower, mask) if other is idx else self.items.batch(other.tolist())
+        h2 = m.decode(m.encode(lower2, mask2), mask2, prefix)
+        # row k of h2 is a view of item i if it is i's own second view, or i itself
+        same = (other[None, :] == other[:, None]) | (other[None, :] == idx[:, None])
+        positive = torch.from_numpy(same).to(dev)
+        parts = {
+            "contrast": multi_positive_nce(h1[:, level], h2[:, level], positive, cfg.temperature)
+        }
+        if main and cfg.view_kl_weight > 0:
+            parts["view_kl"] = cfg.view_kl_weight * code_kl(
+                m.code_logits(h1[:, level], level), m.code_logits(h2[:, level], level)
+            )
         current = h1[:, level]
         if main:  # straight-through quantisation of level T
             book = F.normalize(m.codebooks[level], dim=-1)
