@@ -30,6 +30,7 @@ from training.indexer.model import SemanticIndexer
 from training.indexer.sampling import item_order
 from training.indexer.states import TokenStates
 from training.indexer.trainer import Trainer
+from training.metrics.ranking import top_k
 
 MASK_RATE = 0.5
 
@@ -69,16 +70,15 @@ class Reconstructor(nn.Module):
 
 def nearest_neighbours(vectors: np.ndarray, k: int, chunk: int = 2048) -> np.ndarray:
     """(N, min(k, N-1)) each row's most similar other rows by dot product (unit vectors:
-    cosine), best first."""
-    x = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
-    k = min(k, len(x) - 1)
+    cosine), best first (`top_k`'s order and ties), `chunk` rows of similarities at a time."""
+    x = np.asarray(vectors, dtype=np.float32)
     out = []
     for start in range(0, len(x), chunk):
         sims = x[start : start + chunk] @ x.T
-        rows = torch.arange(len(sims))
-        sims[rows, rows + start] = -torch.inf  # not its own neighbour
-        out.append(sims.topk(k, dim=1).indices)
-    return torch.cat(out).numpy()
+        rows = np.arange(len(sims))
+        sims[rows, rows + start] = -np.inf  # not its own neighbour
+        out.append(top_k(sims, min(k, len(x) - 1)))
+    return np.concatenate(out)
 
 
 @dataclass
