@@ -131,7 +131,7 @@ def targets(hd: dict[str, dict], toys: dict[str, dict]) -> list[str]:
             (
                 f"{key} >= {goal} and above the two-stage baselines",
                 f"{idx[key]:.4f} (two-stage best {best:.4f}; at most "
-                f"{idx.get(key + '_ceiling', float('nan')):.4f} with its item SIDs)",
+                f"{idx[key + '_ceiling']:.4f} with its item SIDs)",
                 idx[key] >= goal and idx[key] > best,
             )
         )
