@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from tests.conftest import write_csv
+from training.data import Catalog, Judgments, load_catalog, load_judgments
 from training.indexer.config import IndexerConfig
 
 DEPARTMENTS = {
@@ -79,3 +83,13 @@ def tiny_config(**overrides) -> IndexerConfig:
     )
     base.update(overrides)
     return IndexerConfig(**base)
+
+
+def load_toy(tmp: Path) -> tuple[Catalog, Judgments]:
+    """The toy catalog and judgments, written as CSV under `tmp` and loaded as a run would."""
+    products, judgments = toy_rows()
+    cat = load_catalog(write_csv(tmp / "p.csv", ["product_uid", "title", "description"], products))
+    j = load_judgments(
+        write_csv(tmp / "j.csv", ["query", "product_uid", "relevance"], judgments), cat
+    )
+    return cat, j

@@ -9,9 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import write_csv
-from tests.indexer_toy import tiny_config, toy_rows
-from training.data import load_catalog, load_judgments
+from tests.indexer_toy import load_toy, tiny_config
 from training.encoder import minilm_path
 from training.indexer.checkpoint import load_checkpoint, save_checkpoint
 from training.indexer.config import IndexerConfig
@@ -34,11 +32,7 @@ def toy(tmp_path_factory):
     from transformers import AutoTokenizer
 
     tmp = tmp_path_factory.mktemp("toy")
-    products, judgments = toy_rows()
-    cat = load_catalog(write_csv(tmp / "p.csv", ["product_uid", "title", "description"], products))
-    j = load_judgments(
-        write_csv(tmp / "j.csv", ["query", "product_uid", "relevance"], judgments), cat
-    )
+    cat, j = load_toy(tmp)
     cfg = tiny_config()
     torch.manual_seed(0)
     model = SemanticIndexer(cfg)

@@ -226,10 +226,13 @@ def train(args: argparse.Namespace) -> Path:
     if judgments is None:
         raise ValueError("--judgments is required (or --self-supervised for a catalog alone)")
     train_j, dev_j = split_by_query(judgments, args.dev_fraction)
-    pairs = PairData.from_judgments(train_j, cfg.positive_threshold)
+    negative_below = cfg.negative_threshold if cfg.judged_negatives else None
+    pairs = PairData.from_judgments(train_j, cfg.positive_threshold, negative_below)
     log.info(
-        "train: %d positive pairs, %d queries, %d items with queries; catalog %d items",
+        "train: %d positive pairs, %d judged negative pairs, %d queries, %d items with queries; "
+        "catalog %d items",
         len(pairs.positives),
+        pairs.negative_pairs,
         len(pairs.query_texts),
         len(pairs.item_queries),
         len(catalog),
@@ -250,7 +253,12 @@ def train(args: argparse.Namespace) -> Path:
             multi_query=not args.no_multi_query,
             commitment=not args.no_commitment,
         )
-    meta.update(mode="supervised", ablation=ablation.__dict__, train_pairs=len(pairs.positives))
+    meta.update(
+        mode="supervised",
+        ablation=ablation.__dict__,
+        train_pairs=len(pairs.positives),
+        judged_negative_pairs=pairs.negative_pairs,
+    )
     trainer = Trainer(run.model, run.item_states, query_states, pairs, ablation, log_path, dev_eval)
     start = 0
     if resumed is not None:

@@ -51,6 +51,13 @@ class IndexerConfig:
     view_kl_weight: float = 1.0
     # --- data and sampling
     positive_threshold: float = 2.5  # a judged pair at or above this grade is a positive
+    # judged hard negatives: per sampled query, up to this many items graded below
+    # `negative_threshold` for it join the batch as extra in-batch negatives (0 turns it off);
+    # `judged_negatives_scope` "all": in both InfoNCE terms and the code terms; "dense": in the
+    # encoder InfoNCE alone (the dense representation), the decoder and codes never see them
+    judged_negatives: int = 0
+    negative_threshold: float = 2.5
+    judged_negatives_scope: str = "all"
     queries_per_item: int = 2  # multi-query sampling
     hard_negatives: bool = True  # from level 2 on, batches of groups sharing a prefix
     group_size: int = 8  # items per shared-prefix group in a hard-negative batch
@@ -84,8 +91,14 @@ class IndexerConfig:
             raise ValueError("code_loss_temperature must be > 0 (or null)")
         if self.encoder_nce_weight < 0:
             raise ValueError("encoder_nce_weight must be >= 0")
+        if self.judged_negatives < 0:
+            raise ValueError("judged_negatives must be >= 0")
+        if self.negative_threshold > self.positive_threshold:
+            raise ValueError("negative_threshold must be <= positive_threshold")
         if self.neighbours < 0 or self.view_kl_weight < 0:
             raise ValueError("neighbours and view_kl_weight must be >= 0")
+        if self.judged_negatives_scope not in ("all", "dense"):
+            raise ValueError("judged_negatives_scope must be 'all' or 'dense'")
         if self.bos_input not in ("pooled", "learned"):
             raise ValueError("bos_input must be 'pooled' or 'learned'")
         if self.lr_schedule not in ("constant", "linear"):

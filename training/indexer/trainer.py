@@ -169,14 +169,19 @@ class Trainer:
         dev = mask_d.device
         prefix_items = torch.from_numpy(codes[items, :level]).to(dev)
         mem_d = m.encode(lower, mask_d)
-        h_d = m.decode(mem_d, mask_d, prefix_items)  # (B, level+1, D)
+        # the items the decoder sees: all, or without the judged negatives when their scope is
+        # the dense representation alone
+        coded_items = len(items) - (batch.judged if cfg.judged_negatives_scope == "dense" else 0)
+        h_d = m.decode(mem_d[:coded_items], mask_d[:coded_items], prefix_items[:coded_items])
         lower, mask_q = self.queries.batch(batch.queries)
         mem_q = m.encode(lower, mask_q)
         q_item = torch.tensor(batch.query_item, device=dev)
         h_q = m.decode(mem_q, mask_q, prefix_items[q_item])
         positive = torch.from_numpy(batch.positive).to(dev)
         parts: dict[str, torch.Tensor] = {
-            "nce": multi_positive_nce(h_q[:, level], h_d[:, level], positive, cfg.temperature)
+            "nce": multi_positive_nce(
+                h_q[:, level], h_d[:, level], positive[:, :coded_items], cfg.temperature
+            )
         }
         if cfg.encoder_nce_weight > 0:
             parts["enc_nce"] = cfg.encoder_nce_weight * multi_positive_nce(
@@ -197,7 +202,7 @@ class Trainer:
                 / len(coded)
             )
         if self.ab.commitment and level > 0:
-            fixed = prefix_items
+            fixed = prefix_items[:coded_items]
             parts["commit"] = (
                 cfg.commit_weight
                 * sum(
@@ -232,7 +237,15 @@ class Trainer:
         cfg = self.cfg
         prefix = self.state.codes[:, :level] if (self.ab.hard_negatives and level > 0) else None
         per_item = cfg.queries_per_item if self.ab.multi_query else 1
-        return make_batches(self.pairs, cfg.batch_items, per_item, self.rng, prefix, cfg.group_size)
+        return make_batches(
+            self.pairs,
+            cfg.batch_items,
+            per_item,
+            self.rng,
+            prefix,
+            cfg.group_size,
+            negatives_per_query=cfg.judged_negatives,
+        )
 
     def run_epochs(self, level: int, epochs: float, main: bool, desc: str) -> dict[str, float]:
         """`epochs` (fractional allowed) passes of `loss` + an optimiser step per batch."""
