@@ -129,3 +129,22 @@ def test_config_checks_judged_negatives():
         IndexerConfig(negative_threshold=3.0)
     with pytest.raises(ValueError, match="judged_negatives_scope"):
         IndexerConfig(judged_negatives_scope="decoder")
+
+
+def test_checkpoints_from_before_judged_negatives_load_without_them(tmp_path):
+    """`--resume` of an older run must go on as it was trained: no judged negatives."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    from training.indexer.checkpoint import load_checkpoint, save_checkpoint
+
+    model = SemanticIndexer(tiny_config(judged_negatives=2))
+    tok = AutoTokenizer.from_pretrained(minilm_path())
+    codes = np.zeros((3, 2), dtype=np.int64)
+    save_checkpoint(tmp_path / "ck", model, tok, codes, {"base_fingerprint": "x"})
+    assert load_checkpoint(tmp_path / "ck")[0].cfg.judged_negatives == 2
+    doc = json.loads((tmp_path / "ck" / "indexer.json").read_text())
+    del doc["indexer"]["judged_negatives"]
+    (tmp_path / "ck" / "indexer.json").write_text(json.dumps(doc))
+    assert load_checkpoint(tmp_path / "ck")[0].cfg.judged_negatives == 0

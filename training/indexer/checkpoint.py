@@ -60,8 +60,9 @@ def load_checkpoint(path: str | Path) -> tuple[SemanticIndexer, object, np.ndarr
             f"{path}: checkpoint format {doc.get('format_version')}, "
             f"this code reads {FORMAT_VERSION}"
         )
-    # checkpoints from before `bos_input` existed used the learned start vector
-    cfg = IndexerConfig(**{"bos_input": "learned", **doc["indexer"]})
+    # checkpoints from before `bos_input` existed used the learned start vector, those from
+    # before `judged_negatives` none (so that `--resume` goes on as they were trained)
+    cfg = IndexerConfig(**{"bos_input": "learned", "judged_negatives": 0, **doc["indexer"]})
     model = SemanticIndexer(cfg, encoder_dir=path)
     tensors = load_file(str(path / WEIGHTS_FILE))
     codes = tensors.pop("item_codes").numpy()

@@ -54,9 +54,11 @@ class IndexerConfig:
     # judged hard negatives: per sampled query, up to this many items graded below
     # `negative_threshold` for it join the batch as extra in-batch negatives (0 turns it off);
     # `judged_negatives_scope` "all": in both InfoNCE terms and the code terms; "dense": in the
-    # encoder InfoNCE alone (the dense representation), the decoder and codes never see them
-    judged_negatives: int = 0
-    negative_threshold: float = 2.5
+    # encoder InfoNCE alone (the dense representation), the decoder and codes never see them.
+    # Below 2.0, not 2.5: the 2.0-2.33 pairs are near relatives of the positives, and pushing
+    # them away cost level-1 code agreement (docs/indexer.md § Judged negatives)
+    judged_negatives: int = 1
+    negative_threshold: float = 2.0
     judged_negatives_scope: str = "all"
     queries_per_item: int = 2  # multi-query sampling
     hard_negatives: bool = True  # from level 2 on, batches of groups sharing a prefix
