@@ -129,6 +129,9 @@ def test_config_checks_judged_negatives():
         IndexerConfig(negative_threshold=3.0)
     with pytest.raises(ValueError, match="judged_negatives_scope"):
         IndexerConfig(judged_negatives_scope="decoder")
+    with pytest.raises(ValueError, match="needs encoder_nce_weight"):
+        IndexerConfig(judged_negatives_scope="dense", encoder_nce_weight=0.0)
+    IndexerConfig(judged_negatives=0, judged_negatives_scope="dense", encoder_nce_weight=0.0)
 
 
 def test_checkpoints_from_before_judged_negatives_load_without_them(tmp_path):

@@ -45,6 +45,11 @@ def save_checkpoint(
     return out
 
 
+# What a checkpoint written before a config key existed was trained with, where that differs
+# from the key's default (so that it loads, and `--resume` goes on, as it was trained)
+BEFORE_THE_KEY = {"bos_input": "learned", "judged_negatives": 0}
+
+
 def load_checkpoint(path: str | Path) -> tuple[SemanticIndexer, object, np.ndarray, dict]:
     """(model in eval mode, tokenizer, training-catalog codes, metadata)."""
     from safetensors.torch import load_file
@@ -60,9 +65,7 @@ def load_checkpoint(path: str | Path) -> tuple[SemanticIndexer, object, np.ndarr
             f"{path}: checkpoint format {doc.get('format_version')}, "
             f"this code reads {FORMAT_VERSION}"
         )
-    # checkpoints from before `bos_input` existed used the learned start vector, those from
-    # before `judged_negatives` none (so that `--resume` goes on as they were trained)
-    cfg = IndexerConfig(**{"bos_input": "learned", "judged_negatives": 0, **doc["indexer"]})
+    cfg = IndexerConfig(**{**BEFORE_THE_KEY, **doc["indexer"]})
     model = SemanticIndexer(cfg, encoder_dir=path)
     tensors = load_file(str(path / WEIGHTS_FILE))
     codes = tensors.pop("item_codes").numpy()

@@ -101,6 +101,9 @@ class IndexerConfig:
             raise ValueError("neighbours and view_kl_weight must be >= 0")
         if self.judged_negatives_scope not in ("all", "dense"):
             raise ValueError("judged_negatives_scope must be 'all' or 'dense'")
+        dense_only = self.judged_negatives and self.judged_negatives_scope == "dense"
+        if dense_only and self.encoder_nce_weight == 0:  # the only term they would enter is off
+            raise ValueError("judged_negatives_scope 'dense' needs encoder_nce_weight > 0")
         if self.bos_input not in ("pooled", "learned"):
             raise ValueError("bos_input must be 'pooled' or 'learned'")
         if self.lr_schedule not in ("constant", "linear"):

@@ -39,7 +39,7 @@ class PairData:
         """Positives: pairs graded >= `threshold`. Negatives (with `negative_below`): pairs
         graded below it whose query has a positive (the others never enter a batch)."""
         rows = [
-            (normalise_query(query), int(item), grade)
+            (query, normalise_query(query), int(item), grade)
             for query, item, grade in zip(
                 judgments.queries,
                 judgments.items.tolist(),
@@ -51,7 +51,7 @@ class PairData:
         texts: list[str] = []
         item_queries: dict[int, list[int]] = defaultdict(list)
         positives: set[tuple[int, int]] = set()
-        for (key, item, grade), query in zip(rows, judgments.queries, strict=True):
+        for query, key, item, grade in rows:
             if grade < threshold:
                 continue
             if key not in ids:
@@ -64,7 +64,7 @@ class PairData:
         if not positives:
             raise ValueError(f"no training pair is graded >= {threshold}")
         negatives: dict[int, list[int]] = defaultdict(list)
-        for key, item, grade in rows:
+        for _, key, item, grade in rows:
             q = ids.get(key)
             if negative_below is None or grade >= negative_below or q is None:
                 continue
@@ -148,9 +148,11 @@ def judged_negatives(
 ) -> list[int]:
     """Up to `per_query` items judged not relevant to each query, drawn at random, none already
     among `items` or drawn for an earlier query (a batch's items stay distinct)."""
+    if not per_query:
+        return []
     taken = set(items)
     out: list[int] = []
-    for q in queries if per_query else ():
+    for q in queries:
         pool = [i for i in data.negatives.get(q, ()) if i not in taken]
         for item in rng.sample(pool, min(per_query, len(pool))):
             taken.add(item)
