@@ -63,7 +63,7 @@ class IndexerConfig:
     queries_per_item: int = 2  # multi-query sampling
     hard_negatives: bool = True  # from level 2 on, batches of groups sharing a prefix
     group_size: int = 8  # items per shared-prefix group in a hard-negative batch
-    batch_items: int = 64
+    batch_items: int = 128  # distinct items per batch (64 until 2026-12-05)
     # --- schedule
     warmup_epochs: float = 0.5  # contrastive-only before each level's codebook is made
     epochs_per_level: list[float] = field(default_factory=lambda: [2.0, 1.5, 1.5])
