@@ -73,7 +73,7 @@ class DecoderStepGraph(nn.Module):
             qkv = F.linear(layer.norm1(inputs), sa.in_proj_weight, sa.in_proj_bias)
         self.register_buffer("inputs", inputs.reshape(levels * k, d))
         self.register_buffer("inputs_qkv", qkv.reshape(levels * k, 3 * d))
-        self.codebook_size = k
+        self.codebook_size, self.dim = k, d
         self.register_buffer("member", head_membership(d, layer.self_attn.num_heads))
 
     def forward(
@@ -105,9 +105,14 @@ class DecoderStepGraph(nn.Module):
                 layer, x, qkv, past[:, :, 2 * i : 2 * i + 2], memory, cross_bias, self.member
             )
             present += [k, v]
-        rep = F.normalize(m.out_norm(x), dim=-1)  # (B, W, D)
+        rep = F.normalize(m.out_norm(x), dim=-1).reshape(-1, self.dim)  # (B * W, D)
+        # one spare zero row: ONNX Runtime multiplies a single row by a non-constant matrix
+        # with a matrix-vector kernel whose sums differ in the last bits from its matrix
+        # kernel's, so a query alone at level 0 (one row) would not get the bits it gets in a
+        # batch; from two rows on, every row's result is the same whatever the row count
+        rep = torch.cat([rep, rep.new_zeros(1, self.dim)])
         logits = rep @ self.books[level[0]]  # every text of a call is at the same level
-        return logits, torch.stack(present, dim=2)
+        return logits[:-1].reshape(b, w, -1), torch.stack(present, dim=2)
 
 
 def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:

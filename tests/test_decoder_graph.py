@@ -45,3 +45,36 @@ def test_cached_step_matches_full_decode_at_every_level(bos_input: str) -> None:
             # a wrong code table would still give the right shapes: the codes must matter
             if level:
                 assert not torch.allclose(logits[:, 0], logits[:, 1], atol=1e-3)
+
+
+def test_exported_step_gives_a_text_the_same_bits_alone_and_in_a_batch(tiny_export) -> None:
+    """The gateway micro-batches queries: a query's SIDs and log-probabilities must not depend
+    on what it was batched with, at level 0 (one beam per text) as at later levels."""
+    import numpy as np
+
+    from service.bundle import load_bundle
+    from service.onnx_model import OnnxIndexer
+
+    bundle = load_bundle(tiny_export["bundle"])
+    model = OnnxIndexer(bundle.encoder_path, bundle.decoder_path, threads=1)
+    rng = np.random.default_rng(0)
+    texts, seq, hidden = 3, 7, model.hidden
+    memory = rng.standard_normal((texts, seq, hidden)).astype(np.float32)
+    mask = np.ones((texts, seq), dtype=np.int64)
+    mask[1, 4:] = 0
+    k = bundle.codebook_sizes[0]
+    for level, beams in enumerate([1] + [BEAMS] * (len(bundle.codebook_sizes) - 1)):
+        prefix = rng.integers(0, k, (texts, beams, len(bundle.codebook_sizes)))
+        past = rng.standard_normal((texts, beams, model.cache_entries, level, hidden))
+        past = past.astype(np.float32)
+        for q in range(texts):
+            alone = model.decode_step(
+                memory[q : q + 1],
+                mask[q : q + 1],
+                prefix[q : q + 1],
+                np.full(1, level),
+                past[q : q + 1],
+            )
+            batched = model.decode_step(memory, mask, prefix, np.full(texts, level), past)
+            for a, b in zip(alone, batched, strict=True):
+                np.testing.assert_array_equal(a[0], b[q])
