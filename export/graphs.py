@@ -112,7 +112,7 @@ class DecoderStepGraph(nn.Module):
         # batch; from two rows on, every row's result is the same whatever the row count
         rep = torch.cat([rep, rep.new_zeros(1, self.dim)])
         logits = rep @ self.books[level[0]]  # every text of a call is at the same level
-        return logits[:-1].reshape(b, w, -1), torch.stack(present, dim=2)
+        return logits[:-1].reshape(b, w, self.codebook_size), torch.stack(present, dim=2)
 
 
 def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
