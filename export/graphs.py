@@ -69,8 +69,7 @@ class DecoderStepGraph(nn.Module):
             for level in range(1, levels):
                 chosen = m.code_proj(m.codebooks[level - 1])
                 inputs[level] = chosen + m.step_emb.weight[level]
-            sa = layer.self_attn
-            qkv = F.linear(layer.norm1(inputs), sa.in_proj_weight, sa.in_proj_bias)
+            qkv = _self_attention_qkv(layer, inputs)
         self.register_buffer("inputs", inputs.reshape(levels * k, d))
         self.register_buffer("inputs_qkv", qkv.reshape(levels * k, 3 * d))
         self.codebook_size, self.dim = k, d
@@ -91,16 +90,14 @@ class DecoderStepGraph(nn.Module):
         row = level[:, None] * self.codebook_size + code  # its row in the tables
         first = (level == 0)[:, None, None]
         start = m.start_input(memory, attention_mask) + m.step_emb.weight[0]  # (B, D)
-        sa = m.decoder.layers[0].self_attn
-        start_qkv = F.linear(m.decoder.layers[0].norm1(start), sa.in_proj_weight, sa.in_proj_bias)
+        start_qkv = _self_attention_qkv(m.decoder.layers[0], start)
         x = torch.where(first, start[:, None], self.inputs[row])  # (B, W, D)
         qkv = torch.where(first, start_qkv[:, None], self.inputs_qkv[row])
         cross_bias = (attention_mask == 0)[:, None, None, :].float() * torch.finfo(x.dtype).min
         present = []
         for i, layer in enumerate(m.decoder.layers):
-            if i:
-                a = layer.self_attn
-                qkv = F.linear(layer.norm1(x), a.in_proj_weight, a.in_proj_bias)
+            if i:  # the first layer's came from the tables or the start input above
+                qkv = _self_attention_qkv(layer, x)
             x, k, v = _cached_layer(
                 layer, x, qkv, past[:, :, 2 * i : 2 * i + 2], memory, cross_bias, self.member
             )
@@ -147,6 +144,11 @@ def _attend_few(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, member: torch
     return (weights * v).sum(-2)
 
 
+def _self_attention_qkv(layer: nn.TransformerDecoderLayer, x: torch.Tensor) -> torch.Tensor:
+    """(..., 3D): the norm-first layer's self-attention query, key and value of x (..., D)."""
+    return F.linear(layer.norm1(x), layer.self_attn.in_proj_weight, layer.self_attn.in_proj_bias)
+
+
 def _cached_layer(
     layer: nn.TransformerDecoderLayer,
     x: torch.Tensor,
@@ -158,7 +160,7 @@ def _cached_layer(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A norm-first nn.TransformerDecoderLayer (eval) for one new position per beam.
 
-    x (B, W, D); qkv (B, W, 3D) its self-attention query/key/value (in_proj of norm1(x));
+    x (B, W, D); qkv (B, W, 3D) its `_self_attention_qkv`;
     past (B, W, 2, P, D) projected keys and values of the earlier positions; member the
     layer's `head_membership`.
     Returns the new x and the keys/values with this position appended (B, W, P + 1, D).
