@@ -34,14 +34,14 @@ METRICS = ["recall@1", "recall@10", "recall@100", "mrr@100", "ndcg@10"]
 
 
 def run_bundle(path: Path, texts: list[str], beam: int, threads: int) -> dict:
-    from service.bundle import load_bundle
+    from service.bundle import GRAPH_ROLES, load_bundle
     from service.onnx_model import OnnxIndexer
     from service.query_beams import search_beams
     from service.tokenizer import BundleTokenizer
     from service.trie import CompactTrie
 
     b = load_bundle(path)
-    model = OnnxIndexer(b.encoder_path, b.decoder_path, threads)
+    model = OnnxIndexer(b.graph_paths, threads)
     tok = BundleTokenizer(b.file(b.tokenizer.file), b.tokenizer)
     sids = b.semantic_sids
     trie = CompactTrie.from_codes(sids, b.codebook_sizes)  # duplicates allowed
@@ -51,7 +51,7 @@ def run_bundle(path: Path, texts: list[str], beam: int, threads: int) -> dict:
     graphs = b.manifest["graphs"]
     return {
         "bundle": path,
-        "graphs": f"{graphs['encoder']}, {graphs['decoder_step']}",
+        "graphs": ", ".join(graphs[role] for role in GRAPH_ROLES),
         "model_version": b.model_version,
         "item_ids": b.item_ids,
         "sids": sids,

@@ -93,7 +93,7 @@ def sample(n: int, k: int) -> list[int]:
 
 
 def assign_rates(bundle, tokenizer, texts: list[str], batch_1_items: int) -> list[list[object]]:
-    model = OnnxIndexer(bundle.encoder_path, bundle.decoder_path)
+    model = OnnxIndexer(bundle.graph_paths)
     rows = []
     for batch in (1, 32, 128):
         subset = texts if batch > 1 else [texts[i] for i in sample(len(texts), batch_1_items)]
@@ -114,7 +114,7 @@ def assign_rates(bundle, tokenizer, texts: list[str], batch_1_items: int) -> lis
 
 def encoder_latency(bundle, tokenizer, queries: list[str], int8_path: Path) -> list[list[object]]:
     rows = []
-    for name, path in (("fp32", bundle.encoder_path), ("int8 (dynamic)", int8_path)):
+    for name, path in (("fp32", bundle.graph_paths["encoder"]), ("int8 (dynamic)", int8_path)):
         session = make_session(path)
         for batch in (1, 32):
             ids, mask = tokenizer.queries(queries[:batch])
@@ -135,9 +135,9 @@ def int8_agreement(bundle, tokenizer, texts: list[str], workdir: Path) -> tuple[
 
     from export.quantize import quantize_graphs
 
-    for name in (bundle.manifest["graphs"]["encoder"], bundle.manifest["graphs"]["decoder_step"]):
-        shutil.copyfile(bundle.path / name, workdir / name)
-    fp32 = OnnxIndexer(workdir / "encoder.onnx", workdir / "decoder_step.onnx")
+    for path in bundle.graph_paths.values():
+        shutil.copyfile(path, workdir / path.name)
+    fp32 = OnnxIndexer({role: workdir / p.name for role, p in bundle.graph_paths.items()})
     report = quantize_graphs(workdir, fp32, tokenizer, texts, bundle.semantic_sids)
     return report, workdir / report["files"]["encoder"]
 
@@ -151,7 +151,7 @@ def triton_overhead(bundle, tokenizer, queries: list[str], workdir: Path) -> lis
     from tests.triton_server import run_tritonserver
 
     repo = materialise(bundle.path, workdir / "repo", "cpu")
-    local = OnnxIndexer(bundle.encoder_path, bundle.decoder_path)
+    local = OnnxIndexer(bundle.graph_paths)
     rows = []
     with run_tritonserver(repo, workdir / "run") as server:
         client = grpcclient.InferenceServerClient(server.grpc_url)
@@ -171,9 +171,11 @@ def triton_overhead(bundle, tokenizer, queries: list[str], workdir: Path) -> lis
             ids, mask = tokenizer.queries(queries[:batch])
             enc = {"input_ids": ids, "attention_mask": mask}
             memory = local.encode(ids, mask)
-            past = np.zeros((batch, 10, local.cache_entries, 1, memory.shape[-1]), np.float32)
+            first = {"memory": memory, "attention_mask": mask}
+            _, past, cross_kv = local.decode_first(memory, mask)
+            past = np.ascontiguousarray(np.repeat(past, 10, axis=1))  # 10 beams per text
             dec = {
-                "memory": memory,
+                "cross_kv": cross_kv,
                 "attention_mask": mask,
                 "prefix": np.zeros((batch, 10, bundle.levels), np.int64),
                 "level": np.ones((batch, 1), np.int64),
@@ -186,8 +188,12 @@ def triton_overhead(bundle, tokenizer, queries: list[str], workdir: Path) -> lis
                     partial(local.encode, ids, mask),
                     partial(remote, "sid_encoder", enc, ["memory"]),
                 ),
+                "decoder first step (level 0)": (
+                    partial(local.decode_first, memory, mask),
+                    partial(remote, "sid_decoder_first", first, ["logits", "present", "cross_kv"]),
+                ),
                 "decoder step (10 beams, level 1)": (
-                    partial(local.decode_step, memory, mask, dec["prefix"], level, past),
+                    partial(local.decode_step, cross_kv, mask, dec["prefix"], level, past),
                     partial(remote, "sid_decoder", dec, ["logits", "present"]),
                 ),
             }

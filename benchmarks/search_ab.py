@@ -52,7 +52,7 @@ class Side:
         from service.trie import CompactTrie
 
         bundle = load_bundle(self.path)
-        self.model = OnnxIndexer(bundle.encoder_path, bundle.decoder_path, self.threads)
+        self.model = OnnxIndexer(bundle.graph_paths, self.threads)
         self.tokenizer = BundleTokenizer(bundle.file(bundle.tokenizer.file), bundle.tokenizer)
         self.trie = CompactTrie.from_codes(bundle.semantic_sids, bundle.codebook_sizes)
 
@@ -66,9 +66,7 @@ class Side:
             ids, mask = self.tokenizer.queries(texts)
             memory = self.model.encode(ids, mask)
             t1 = time.perf_counter()
-            beams = beams_for_memory(
-                self.model.decode_step, memory, mask, self.trie, beam, self.model.cache_entries
-            )
+            beams = beams_for_memory(self.model, memory, mask, self.trie, beam)
             t2 = time.perf_counter()
             encode, search = encode + t1 - t0, search + t2 - t1
             if keep:

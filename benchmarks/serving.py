@@ -166,7 +166,7 @@ def hf_comparison(args, bundle_dir: Path, queries: list[str]) -> list[list[objec
         ids, mask = tok.queries(texts)
         memory = onnx.encode(ids, mask)
         t.append(time.perf_counter())
-        ours = list(beams_for_memory(onnx.decode_step, memory, mask, trie, 10, onnx.cache_entries))
+        ours = list(beams_for_memory(onnx, memory, mask, trie, 10))
         t.append(time.perf_counter())
         h_memory, h_mask = hf.encode(model, hf_tok, texts)
         t.append(time.perf_counter())
@@ -180,7 +180,7 @@ def hf_comparison(args, bundle_dir: Path, queries: list[str]) -> list[list[objec
         # every core at batch 32
         threads = 1 if batch == 1 else (os.cpu_count() or 1)
         torch.set_num_threads(threads)
-        onnx = OnnxIndexer(bundle.encoder_path, bundle.decoder_path, threads)
+        onnx = OnnxIndexer(bundle.graph_paths, threads)
         # one untimed batch on each side first: the first calls pay for lazy set-up (the
         # sessions' and torch's allocations), which over 4 timed batches of 32 swung HF's
         # mean from 187 to 437 ms per batch

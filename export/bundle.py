@@ -50,6 +50,7 @@ def finish_bundle(
     codebook_sizes: Sequence[int],
     hidden_size: int,
     cache_entries: int,
+    heads: int,
     tokenizer: dict[str, Any],
     graphs: dict[str, str],
     item_count: int,
@@ -71,7 +72,7 @@ def finish_bundle(
         "levels": levels,
         "codebook_sizes": list(codebook_sizes),
         "hidden_size": hidden_size,
-        "decoder": {"cache_entries": cache_entries},
+        "decoder": {"cache_entries": cache_entries, "heads": heads},
         "tokenizer": {"file": TOKENIZER_FILE, **tokenizer},
         "graphs": graphs,
         "items": {

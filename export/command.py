@@ -43,7 +43,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--quantize",
         choices=["none", "int8", "int8-all"],
         default="none",
-        help="int8: serve a dynamically quantised encoder; int8-all: the decoder step too "
+        help="int8: serve a dynamically quantised encoder; int8-all: the decoder graphs too "
         "(agreement with fp32 is printed)",
     )
     parser.add_argument("--batch-size", type=int, default=128, help="items per ONNX call")
@@ -77,7 +77,7 @@ def export(args: argparse.Namespace) -> dict:
     from export.item_table import assign_items
     from export.parity import ParityError, check_parity
     from export.quantize import quantize_graphs
-    from service.bundle import DECODER_FILE, ENCODER_FILE, TOKENIZER_FILE, TokenizerSpec
+    from service.bundle import TOKENIZER_FILE, TokenizerSpec
     from service.onnx_model import OnnxIndexer
     from service.tokenizer import BundleTokenizer
     from training.indexer.checkpoint import load_checkpoint
@@ -110,7 +110,7 @@ def export(args: argparse.Namespace) -> dict:
             sep_id=int(hf_tokenizer.sep_token_id),
         )
         tokenizer = BundleTokenizer(staging / TOKENIZER_FILE, spec)
-        onnx = OnnxIndexer(paths["encoder"], paths["decoder_step"], args.threads)
+        onnx = OnnxIndexer(paths, args.threads)
         t0 = time.perf_counter()
         codes, vectors = assign_items(onnx, tokenizer, catalog.texts, cfg.levels, args.batch_size)
         assign_s = time.perf_counter() - t0
@@ -133,7 +133,7 @@ def export(args: argparse.Namespace) -> dict:
                 f"first failures: {report.failures[:5]}"
             )
         extra: dict = {"parity": report.summary()}
-        graphs = {"encoder": ENCODER_FILE, "decoder_step": DECODER_FILE}
+        graphs = {role: path.name for role, path in paths.items()}
         if args.quantize in ("int8", "int8-all"):
             quant = quantize_graphs(
                 staging,
@@ -149,7 +149,7 @@ def export(args: argparse.Namespace) -> dict:
                 (staging / graphs[role]).unlink()
                 graphs[role] = name
             codes, vectors = assign_items(
-                OnnxIndexer(staging / graphs["encoder"], staging / graphs["decoder_step"]),
+                OnnxIndexer({role: staging / name for role, name in graphs.items()}),
                 tokenizer,
                 catalog.texts,
                 cfg.levels,
@@ -164,6 +164,7 @@ def export(args: argparse.Namespace) -> dict:
             codebook_sizes=[cfg.codebook_size] * cfg.levels,
             hidden_size=model.dim,
             cache_entries=2 * model.cfg.decoder_layers,
+            heads=model.cfg.decoder_heads,
             tokenizer={k: v for k, v in vars(spec).items() if k != "file"},
             graphs=graphs,
             item_count=len(catalog),

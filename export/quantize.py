@@ -18,12 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from service.bundle import DECODER_FILE, ENCODER_FILE
+from service.bundle import DECODER_FILE, DECODER_FIRST_FILE, ENCODER_FILE
 from service.onnx_model import OnnxIndexer
 from service.tokenizer import BundleTokenizer
 
 log = logging.getLogger(__name__)
 INT8_ENCODER_FILE = "encoder.int8.onnx"
+INT8_DECODER_FIRST_FILE = "decoder_first.int8.onnx"
 INT8_DECODER_FILE = "decoder_step.int8.onnx"
 DEFAULT_WORTHY = 0.99  # level 1-2 agreement at which int8 could become the default
 
@@ -44,7 +45,7 @@ def quantize_graphs(
     sample: int = 1000,
     decoder: bool = False,
 ) -> dict[str, Any]:
-    """Write the int8 encoder (and with `decoder`, the int8 decoder step) next to the fp32
+    """Write the int8 encoder (and with `decoder`, the int8 decoder graphs) next to the fp32
     graphs; returns the manifest's `quantization` entry (the files to serve, agreement)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -53,12 +54,13 @@ def quantize_graphs(
     # role -> (fp32 graph, its int8 version)
     roles = {"encoder": (ENCODER_FILE, INT8_ENCODER_FILE)}
     if decoder:
+        roles["decoder_first"] = (DECODER_FIRST_FILE, INT8_DECODER_FIRST_FILE)
         roles["decoder_step"] = (DECODER_FILE, INT8_DECODER_FILE)
     for src, dst in roles.values():
         quantize_dynamic(str(bundle_dir / src), str(bundle_dir / dst), weight_type=QuantType.QInt8)
     files = {role: dst for role, (_, dst) in roles.items()}
-    dec = files.get("decoder_step", DECODER_FILE)
-    int8 = OnnxIndexer(bundle_dir / files["encoder"], bundle_dir / dec, threads)
+    fp32_files = {"decoder_first": DECODER_FIRST_FILE, "decoder_step": DECODER_FILE}
+    int8 = OnnxIndexer({r: bundle_dir / f for r, f in {**fp32_files, **files}.items()}, threads)
     pick = np.unique(np.linspace(0, len(texts) - 1, sample).astype(int))
     levels = fp32_codes.shape[1]
     codes = assign_items(int8, tokenizer, [texts[i] for i in pick], levels, progress=False)[0]
@@ -80,6 +82,7 @@ def quantize_graphs(
     method = "int8 dynamic (onnxruntime.quantization.quantize_dynamic, QInt8 weights)"
     return {
         "encoder": method,
+        "decoder_first": method if decoder else "fp32",
         "decoder_step": method if decoder else "fp32",
         "files": files,
         "agreement_with_fp32": agree,

@@ -30,26 +30,36 @@ class Limits:
 
 
 def profiles(manifest: dict, limits: Limits) -> dict[str, dict[str, ShapeRange]]:
-    """Optimisation profile (min, opt, max) of every dynamic input of both graphs."""
+    """Optimisation profile (min, opt, max) of every dynamic input of the three graphs."""
     h = int(manifest["hidden_size"])
     levels = int(manifest["levels"])
     tok = manifest["tokenizer"]
     seq = max(int(tok["max_query_tokens"]), int(tok["max_item_tokens"]))
     qseq = int(tok["max_query_tokens"])
     entries = int(manifest["decoder"]["cache_entries"])
+    heads = int(manifest["decoder"]["heads"])
     b, ob, w, ow = limits.max_batch, limits.opt_batch, limits.max_beam, limits.opt_beam
+    cross = (entries, heads)  # cross_kv: (batch, entries, heads, seq, hidden / heads)
     return {
         "encoder": {
             "input_ids": ((1, 1), (ob, qseq), (b, seq)),
             "attention_mask": ((1, 1), (ob, qseq), (b, seq)),
         },
-        "decoder_step": {
+        "decoder_first": {
             "memory": ((1, 1, h), (ob, qseq, h), (b, seq, h)),
+            "attention_mask": ((1, 1), (ob, qseq), (b, seq)),
+        },
+        "decoder_step": {
+            "cross_kv": (
+                (1, *cross, 1, h // heads),
+                (ob, *cross, qseq, h // heads),
+                (b, *cross, seq, h // heads),
+            ),
             "attention_mask": ((1, 1), (ob, qseq), (b, seq)),
             "prefix": ((1, 1, levels), (ob, ow, levels), (b, w, levels)),
             "level": ((1,), (ob,), (b,)),
             "past": (
-                (1, 1, entries, 0, h),
+                (1, 1, entries, 1, h),
                 (ob, ow, entries, 1, h),
                 (b, w, entries, max(levels - 1, 1), h),
             ),

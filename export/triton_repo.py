@@ -1,7 +1,8 @@
 """Triton model repository from a bundle: the only way model files reach Triton.
 
-`materialise` copies the bundle's two graphs into `<repo>/sid_encoder/<version>/model.onnx`
-and `<repo>/sid_decoder/<version>/model.onnx` and renders each `config.pbtxt` from the
+`materialise` copies the bundle's three graphs into `<repo>/sid_encoder/<version>/model.onnx`,
+`<repo>/sid_decoder_first/<version>/model.onnx` and `<repo>/sid_decoder/<version>/model.onnx`
+and renders each `config.pbtxt` from the
 templates in `model_repo/` (`variant="gpu"`: ONNX Runtime + TensorRT) or `model_repo/cpu/`
 (`variant="cpu"`: Python backend running ONNX Runtime, plus its `model.py`), filling in the
 bundle's real hidden size, levels, codebook size and model version. No torch: this runs on
@@ -23,17 +24,22 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+from service.bundle import FORMAT_VERSION
 from sidserve.hashing import sha256_file
 
 Variant = Literal["gpu", "cpu"]
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "model_repo"
 # Triton model name -> key of the graph in manifest["graphs"].
-MODELS = {"sid_encoder": "encoder", "sid_decoder": "decoder_step"}
+MODELS = {
+    "sid_encoder": "encoder",
+    "sid_decoder_first": "decoder_first",
+    "sid_decoder": "decoder_step",
+}
 MODEL_FILE = "model.onnx"
 PYTHON_MODEL_FILE = "model.py"
 MARKER = "sid_model_version"
-FORMAT_VERSIONS = {1}
+FORMAT_VERSIONS = {FORMAT_VERSION}
 LATEST_POLICY = "version_policy: { latest: { num_versions: 1 } }"
 
 
@@ -54,6 +60,10 @@ def template_values(manifest: Mapping[str, Any]) -> dict[str, str]:
     if len(codebooks) != int(manifest["levels"]):
         raise ValueError("manifest: codebook_sizes must have one entry per level")
     tokenizer = manifest["tokenizer"]
+    decoder = manifest["decoder"]
+    hidden, heads = int(manifest["hidden_size"]), int(decoder["heads"])
+    if heads < 1 or hidden % heads:
+        raise ValueError(f"manifest: {heads} decoder heads do not divide hidden size {hidden}")
     return {
         "model_version": str(manifest["model_version"]),
         "hidden_size": str(int(manifest["hidden_size"])),
@@ -63,7 +73,11 @@ def template_values(manifest: Mapping[str, Any]) -> dict[str, str]:
         "codebook_size": str(max(codebooks)),
         "max_seq": str(max(int(tokenizer["max_query_tokens"]), int(tokenizer["max_item_tokens"]))),
         "pad_id": str(int(tokenizer["pad_id"])),
-        "cache_entries": str(int(manifest["decoder"]["cache_entries"])),
+        "cache_entries": str(int(decoder["cache_entries"])),
+        "heads": str(heads),
+        "head_dim": str(hidden // heads),
+        # the longest `past` a later step gets: levels - 1 positions (at least 1)
+        "max_past": str(max(len(codebooks) - 1, 1)),
     }
 
 
@@ -173,7 +187,7 @@ def materialise(
     *,
     templates: Path | None = None,
 ) -> Path:
-    """Write (or refresh) the bundle as one Triton version of both models; returns repo_dir.
+    """Write (or refresh) the bundle as one Triton version of its models; returns repo_dir.
 
     `version=None` reuses the version directory already holding this bundle's model_version,
     else takes the next number after the existing ones; an explicit `version` that holds a

@@ -193,8 +193,6 @@ class QueryBatcher:
         with self.metrics.stage("encode"):
             memory = self.backend.encode(ids, mask)
         with self.metrics.stage("beam_search"):
-            result = beams_for_memory(
-                self.backend.decode_step, memory, mask, self.trie, beam, self.backend.cache_entries
-            )
+            result = beams_for_memory(self.backend, memory, mask, self.trie, beam)
         vectors = dense_vectors(memory, mask)
         return [Beams(paths, logp, v) for (paths, logp), v in zip(result, vectors, strict=True)]

@@ -17,11 +17,15 @@ import numpy as np
 
 from sidserve.hashing import sha256_file
 
-FORMAT_VERSION = 1
+# 2 (2026-12-05): a first-step decoder graph computes the cross-attention keys and values
+# once per text; 1: one decoder step graph for every level (refused: re-export it)
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 TOKENIZER_FILE = "tokenizer.json"
 ENCODER_FILE = "encoder.onnx"
+DECODER_FIRST_FILE = "decoder_first.onnx"
 DECODER_FILE = "decoder_step.onnx"
+GRAPH_ROLES = ("encoder", "decoder_first", "decoder_step")
 ITEM_IDS_FILE = "items.ids.txt"
 ITEM_SIDS_FILE = "items.sids.npy"
 ITEM_VECTORS_FILE = "items.vectors.npy"
@@ -85,12 +89,9 @@ class Bundle:
         return self.path / name
 
     @property
-    def encoder_path(self) -> Path:
-        return self.path / self.manifest["graphs"]["encoder"]
-
-    @property
-    def decoder_path(self) -> Path:
-        return self.path / self.manifest["graphs"]["decoder_step"]
+    def graph_paths(self) -> dict[str, Path]:
+        """{role: file} of the graphs this bundle serves (`OnnxIndexer` takes it)."""
+        return {role: self.path / self.manifest["graphs"][role] for role in GRAPH_ROLES}
 
 
 def file_digest(path: Path) -> dict[str, Any]:
@@ -212,7 +213,11 @@ def load_bundle(path: str | Path, checksums: bool = True) -> Bundle:
         spec = TokenizerSpec(**tok)
     except TypeError as exc:
         raise ManifestError(f"{path / MANIFEST}: bad tokenizer settings ({exc})") from exc
-    for name in (spec.file, *_require(manifest, "graphs", path).values()):
+    graphs = _require(manifest, "graphs", path)
+    missing = [role for role in GRAPH_ROLES if role not in graphs]
+    if missing:
+        raise ManifestError(f"{path / MANIFEST}: no graph for {', '.join(missing)}")
+    for name in (spec.file, *graphs.values()):
         if name not in manifest["files"]:
             raise ManifestError(f"{path / MANIFEST}: {name} is used but has no checksum")
     ids, sids = _read_item_table(path, manifest, levels, sizes)

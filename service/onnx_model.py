@@ -1,12 +1,15 @@
-"""The bundle's two graphs in ONNX Runtime, in process (the embedded backend's engine, also
+"""The bundle's graphs in ONNX Runtime, in process (the embedded backend's engine, also
 used by `sidserve export` to assign the item table and check parity)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+
+from service.bundle import GRAPH_ROLES
 
 
 def make_session(path: str | Path, threads: int = 0) -> ort.InferenceSession:
@@ -25,11 +28,17 @@ def make_session(path: str | Path, threads: int = 0) -> ort.InferenceSession:
 
 
 class OnnxIndexer:
-    """Encoder and decoder-step sessions with the I/O of docs/bundle.md."""
+    """The bundle's encoder and two decoder graphs (docs/bundle.md) in ONNX Runtime sessions.
 
-    def __init__(self, encoder: str | Path, decoder: str | Path, threads: int = 0):
-        self.encoder = make_session(encoder, threads)
-        self.decoder = make_session(decoder, threads)
+    `graphs` maps each role (`encoder`, `decoder_first`, `decoder_step`) to its file."""
+
+    def __init__(self, graphs: Mapping[str, str | Path], threads: int = 0):
+        missing = sorted(set(GRAPH_ROLES) - set(graphs))
+        if missing:
+            raise ValueError(f"graphs: no file for {', '.join(missing)}")
+        self.encoder = make_session(graphs["encoder"], threads)
+        self.decoder_first = make_session(graphs["decoder_first"], threads)
+        self.decoder = make_session(graphs["decoder_step"], threads)
         past = next(i for i in self.decoder.get_inputs() if i.name == "past")
         self.cache_entries = int(past.shape[2])  # 2 x decoder layers (keys, values)
         self.hidden = int(past.shape[4])  # width of the encoder states
@@ -37,16 +46,23 @@ class OnnxIndexer:
     def encode(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         return self.encoder.run(["memory"], {"input_ids": ids, "attention_mask": mask})[0]
 
+    def decode_first(
+        self, memory: np.ndarray, mask: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        feeds = {"memory": memory, "attention_mask": mask}
+        logits, present, cross_kv = self.decoder_first.run(["logits", "present", "cross_kv"], feeds)
+        return logits, present, cross_kv
+
     def decode_step(
         self,
-        memory: np.ndarray,
+        cross_kv: np.ndarray,
         mask: np.ndarray,
         prefix: np.ndarray,
         level: np.ndarray,
         past: np.ndarray,
     ) -> tuple[np.ndarray, np.ndarray]:
         feeds = {
-            "memory": memory,
+            "cross_kv": cross_kv,
             "attention_mask": mask,
             "prefix": prefix,
             "level": level,
@@ -54,11 +70,6 @@ class OnnxIndexer:
         }
         logits, present = self.decoder.run(["logits", "present"], feeds)
         return logits, present
-
-
-def empty_past(batch: int, beams: int, entries: int, hidden: int) -> np.ndarray:
-    """The key/value cache before level 0: no earlier positions."""
-    return np.zeros((batch, beams, entries, 0, hidden), dtype=np.float32)
 
 
 def dense_vectors(memory: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -81,13 +92,12 @@ def greedy_steps(
     if memory is None:
         memory = model.encode(ids, mask)
     prefix = np.zeros((len(ids), 1, levels), dtype=np.int64)
-    past = None
-    steps = []
-    for level in range(levels):
+    logits, past, cross_kv = model.decode_first(memory, mask)
+    steps = [logits[:, 0]]
+    prefix[:, 0, 0] = logits[:, 0].argmax(-1)
+    for level in range(1, levels):
         at = np.full(len(ids), level, np.int64)
-        if past is None:
-            past = empty_past(len(ids), 1, model.cache_entries, memory.shape[-1])
-        logits, past = model.decode_step(memory, mask, prefix, at, past)
+        logits, past = model.decode_step(cross_kv, mask, prefix, at, past)
         steps.append(logits[:, 0])
         prefix[:, 0, level] = logits[:, 0].argmax(-1)
     return prefix[:, 0], steps

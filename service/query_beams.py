@@ -1,21 +1,37 @@
 """Queries -> top-K catalog SIDs: the beam search's row-wise steps mapped onto the decoder
-graph's (text, beam) layout with its key/value cache, so each level is one decoder call for
-the whole batch and runs only the new position of each beam."""
+graphs' (text, beam) layout with their key/value caches, so each level is one decoder call
+for the whole batch and runs only the new position of each beam."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 
 from service.beam_search import BeamResult, beam_search
-from service.onnx_model import empty_past
 from service.trie import CompactTrie
 
-# decode_step(memory, mask, prefix (B, W, L), level (B,), past) -> (logits (B, W, K), present)
-DecodeStep = Callable[
-    [np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]
-]
+
+class Decoder(Protocol):
+    """The bundle's two decoder graphs (docs/bundle.md), however they are run."""
+
+    def decode_first(
+        self, memory: np.ndarray, mask: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(B, S, D) encoder states -> (logits (B, 1, K), present, cross_kv) of level 0."""
+        ...
+
+    def decode_step(
+        self,
+        cross_kv: np.ndarray,
+        mask: np.ndarray,
+        prefix: np.ndarray,
+        level: np.ndarray,
+        past: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """A later level: (logits (B, W, K), present)."""
+        ...
 
 
 def _keys(rows: np.ndarray, prefix: np.ndarray, depth: int, radix: int) -> np.ndarray:
@@ -26,52 +42,54 @@ def _keys(rows: np.ndarray, prefix: np.ndarray, depth: int, radix: int) -> np.nd
     return key
 
 
-class CachedSteps:
-    """The beam search's `step` over the cached decoder graph.
+def _rows(array: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """array[queries], without the copy when every query is still there (the usual case)."""
+    return array if len(queries) == len(array) else array[queries]
 
-    Rows (R,) of query q with prefixes (R, L) become a (queries, W, L) grid, W = most live
-    beams of any query (padded slots are computed and dropped). Each row's cache is its parent
-    beam's `present` from the previous level: the row whose query and codes agree with it on
-    every level but the last one chosen.
+
+class CachedSteps:
+    """The beam search's `step` over the decoder graphs.
+
+    Level 0 runs the first-step graph on every query's encoder states; it also gives each
+    query's cross-attention keys and values, which every later level reads instead. Later
+    levels' rows (R,) of query q with prefixes (R, L) become a (queries, W, L) grid, W = most
+    live beams of any query (padded slots are computed and dropped). Each row's cache is its
+    parent beam's `present` from the previous level: the row whose query and codes agree with
+    it on every level but the last one chosen.
     """
 
-    def __init__(
-        self,
-        decode_step: DecodeStep,
-        memory: np.ndarray,
-        mask: np.ndarray,
-        entries: int,
-        radix: int,
-    ):
-        self.decode_step, self.memory, self.mask = decode_step, memory, mask
-        self.entries, self.radix = entries, radix
+    def __init__(self, decoder: Decoder, memory: np.ndarray, mask: np.ndarray, radix: int):
+        self.decoder, self.memory, self.mask, self.radix = decoder, memory, mask, radix
+        self._cross_kv: np.ndarray | None = None  # (queries, 2N, H, S, D / H) from level 0
         self._keys: np.ndarray | None = None  # previous level's row keys, sorted
         self._where: tuple[np.ndarray, np.ndarray] | None = None  # their (text, slot) in...
         self._present: np.ndarray | None = None  # ...the previous call's `present` grid
 
     def __call__(self, level: int, rows: np.ndarray, prefix: np.ndarray) -> np.ndarray:
-        queries, inverse, counts = np.unique(rows, return_inverse=True, return_counts=True)
-        order = np.argsort(inverse, kind="stable")
-        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        slot = np.empty(len(rows), dtype=np.int64)
-        slot[order] = np.arange(len(rows)) - starts[inverse[order]]
-        width = int(counts.max())
-        grid = np.zeros((len(queries), width, prefix.shape[1]), dtype=np.int64)
-        grid[inverse, slot] = prefix
-        hidden = self.memory.shape[-1]
         if level == 0:
-            past = empty_past(len(queries), width, self.entries, hidden)
+            if not np.array_equal(rows, np.arange(len(self.memory))):
+                raise ValueError("level 0 takes one beam of every query, in order")
+            logits, present, self._cross_kv = self.decoder.decode_first(self.memory, self.mask)
+            inverse, slot = np.arange(len(rows)), np.zeros(len(rows), dtype=np.int64)
         else:
             assert self._keys is not None and self._where is not None
-            assert self._present is not None
+            assert self._present is not None and self._cross_kv is not None
+            queries, inverse, counts = np.unique(rows, return_inverse=True, return_counts=True)
+            order = np.argsort(inverse, kind="stable")
+            starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+            slot = np.empty(len(rows), dtype=np.int64)
+            slot[order] = np.arange(len(rows)) - starts[inverse[order]]
+            width = int(counts.max())
+            grid = np.zeros((len(queries), width, prefix.shape[1]), dtype=np.int64)
+            grid[inverse, slot] = prefix
             parent = np.searchsorted(self._keys, _keys(rows, prefix, level - 1, self.radix))
             past = np.zeros((len(queries), width, *self._present.shape[2:]), dtype=np.float32)
             # one copy: each row's cache straight from its parent's place in the last grid
             past[inverse, slot] = self._present[self._where[0][parent], self._where[1][parent]]
-        levels = np.full(len(queries), level, dtype=np.int64)
-        logits, present = self.decode_step(
-            self.memory[queries], self.mask[queries], grid, levels, past
-        )
+            levels = np.full(len(queries), level, dtype=np.int64)
+            logits, present = self.decoder.decode_step(
+                _rows(self._cross_kv, queries), _rows(self.mask, queries), grid, levels, past
+            )
         keys = _keys(rows, prefix, level, self.radix)
         sort = np.argsort(keys)
         self._keys, self._where, self._present = keys[sort], (inverse[sort], slot[sort]), present
@@ -79,15 +97,9 @@ class CachedSteps:
 
 
 def beams_for_memory(
-    decode_step: DecodeStep,
-    memory: np.ndarray,
-    mask: np.ndarray,
-    trie: CompactTrie,
-    beam: int,
-    entries: int,
+    decoder: Decoder, memory: np.ndarray, mask: np.ndarray, trie: CompactTrie, beam: int
 ) -> BeamResult:
-    radix = max(trie.codebook_sizes)
-    step = CachedSteps(decode_step, memory, mask, entries, radix)
+    step = CachedSteps(decoder, memory, mask, max(trie.codebook_sizes))
     return beam_search(step, trie, len(memory), beam, trie.levels)
 
 
@@ -100,7 +112,5 @@ def search_beams(
     for start in range(0, len(texts), 64):
         ids, mask = tokenizer.queries(list(texts[start : start + 64]))
         memory = model.encode(ids, mask)
-        out.extend(
-            beams_for_memory(model.decode_step, memory, mask, trie, beam, model.cache_entries)
-        )
+        out.extend(beams_for_memory(model, memory, mask, trie, beam))
     return out

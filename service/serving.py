@@ -44,9 +44,9 @@ def build_backend(settings: Settings, bundle: Bundle) -> InferenceBackend:
         return TritonBackend(
             settings.triton_url,
             settings.triton_encoder,
+            settings.triton_decoder_first,
             settings.triton_decoder,
             settings.inference_timeout_s,
-            bundle.cache_entries,
         )
     from service.backends.embedded import EmbeddedBackend
 

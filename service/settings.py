@@ -21,6 +21,7 @@ class Settings(BaseSettings):
         None, description="Triton gRPC host:port; unset = in-process ONNX Runtime"
     )
     triton_encoder: str = "sid_encoder"
+    triton_decoder_first: str = "sid_decoder_first"
     triton_decoder: str = "sid_decoder"
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)

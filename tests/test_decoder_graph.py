@@ -1,13 +1,14 @@
-"""The exported decoder step (`export.graphs.DecoderStepGraph`), run in PyTorch, against the
-model's own full decoder: its per-(level, code) tables and key/value cache must give the same
-logits at every level, for more than one decoder layer and both start inputs."""
+"""The exported decoder graphs (`export.graphs.DecoderFirstGraph` for level 0, then
+`DecoderStepGraph`), run in PyTorch, against the model's own full decoder: the cross-attention
+keys and values computed once, the per-(level, code) tables and the key/value cache must give
+the same logits at every level, for more than one decoder layer and both start inputs."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from export.graphs import DecoderStepGraph
+from export.graphs import DecoderFirstGraph, DecoderStepGraph
 from tests.indexer_toy import tiny_config
 from training.indexer.model import SemanticIndexer
 
@@ -28,12 +29,18 @@ def test_cached_step_matches_full_decode_at_every_level(bos_input: str) -> None:
     memory = torch.randn(2, 5, d)
     mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]])
     prefix = torch.randint(0, k, (2, BEAMS, LEVELS))
-    graph = DecoderStepGraph(model)
-    past = torch.zeros(2, BEAMS, 2 * cfg.decoder_layers, 0, d)
+    first, step = DecoderFirstGraph(model), DecoderStepGraph(model)
     rows = prefix.reshape(-1, LEVELS)
     with torch.no_grad():
+        logits, past, cross_kv = first(memory, mask)
+        heads = cfg.decoder_heads
+        assert cross_kv.shape == (2, 2 * cfg.decoder_layers, heads, 5, d // heads)
         for level in range(LEVELS):
-            logits, past = graph(memory, mask, prefix, torch.full((2,), level), past)
+            if level:
+                logits, past = step(cross_kv, mask, prefix, torch.full((2,), level), past)
+            else:  # the first step has one beam per text: give each beam its text's cache
+                past = past.repeat_interleave(BEAMS, 1)
+                logits = logits.repeat_interleave(BEAMS, 1)
             reps = model.decode(
                 memory.repeat_interleave(BEAMS, 0),
                 mask.repeat_interleave(BEAMS, 0),
@@ -56,25 +63,31 @@ def test_exported_step_gives_a_text_the_same_bits_alone_and_in_a_batch(tiny_expo
     from service.onnx_model import OnnxIndexer
 
     bundle = load_bundle(tiny_export["bundle"])
-    model = OnnxIndexer(bundle.encoder_path, bundle.decoder_path, threads=1)
+    model = OnnxIndexer(bundle.graph_paths, threads=1)
     rng = np.random.default_rng(0)
     texts, seq, hidden = 3, 7, model.hidden
     memory = rng.standard_normal((texts, seq, hidden)).astype(np.float32)
     mask = np.ones((texts, seq), dtype=np.int64)
     mask[1, 4:] = 0
+    first = model.decode_first(memory, mask)
+    for q in range(texts):
+        alone = model.decode_first(memory[q : q + 1], mask[q : q + 1])
+        for a, b in zip(alone, first, strict=True):
+            np.testing.assert_array_equal(a[0], b[q])
+    cross_kv = first[2]
     k = bundle.codebook_sizes[0]
-    for level, beams in enumerate([1] + [BEAMS] * (len(bundle.codebook_sizes) - 1)):
-        prefix = rng.integers(0, k, (texts, beams, len(bundle.codebook_sizes)))
-        past = rng.standard_normal((texts, beams, model.cache_entries, level, hidden))
+    for level in range(1, len(bundle.codebook_sizes)):
+        prefix = rng.integers(0, k, (texts, BEAMS, len(bundle.codebook_sizes)))
+        past = rng.standard_normal((texts, BEAMS, model.cache_entries, level, hidden))
         past = past.astype(np.float32)
+        batched = model.decode_step(cross_kv, mask, prefix, np.full(texts, level), past)
         for q in range(texts):
             alone = model.decode_step(
-                memory[q : q + 1],
+                cross_kv[q : q + 1],
                 mask[q : q + 1],
                 prefix[q : q + 1],
                 np.full(1, level),
                 past[q : q + 1],
             )
-            batched = model.decode_step(memory, mask, prefix, np.full(texts, level), past)
             for a, b in zip(alone, batched, strict=True):
                 np.testing.assert_array_equal(a[0], b[q])

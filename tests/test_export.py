@@ -36,11 +36,13 @@ def clone_bundle(src: Path, dst: Path) -> Path:
 def test_bundle_is_complete_and_valid(tiny_export):
     bundle = load_bundle(tiny_export["bundle"])
     m = bundle.manifest
-    assert m["format_version"] == 1
+    assert m["format_version"] == 2
     assert bundle.levels == 2 and bundle.codebook_sizes == [8, 8]
+    assert m["decoder"] == {"cache_entries": 2, "heads": 4}  # tests/indexer_toy.py
     assert set(m["files"]) == {
         "tokenizer.json",
         "encoder.onnx",
+        "decoder_first.onnx",
         "decoder_step.onnx",
         "items.ids.txt",
         "items.sids.npy",
@@ -87,7 +89,7 @@ def test_beam_parity_over_a_full_trie(tiny_export):
 
     model, tok, _, _ = load_checkpoint(tiny_export["checkpoint"])
     bundle = load_bundle(tiny_export["bundle"])
-    onnx = OnnxIndexer(bundle.encoder_path, bundle.decoder_path)
+    onnx = OnnxIndexer(bundle.graph_paths)
     tokenizer = BundleTokenizer(bundle.file("tokenizer.json"), bundle.tokenizer)
     texts = load_catalog(tiny_export["catalog"]).texts
     every_path = np.array([(a, b) for a in range(8) for b in range(8)])
@@ -188,10 +190,13 @@ def test_export_refuses_to_overwrite_without_force(tiny_export):
 
 
 @pytest.mark.parametrize(
-    "mode, decoder_file",
-    [("int8", "decoder_step.onnx"), ("int8-all", "decoder_step.int8.onnx")],
+    "mode, decoder_files",
+    [
+        ("int8", ("decoder_first.onnx", "decoder_step.onnx")),
+        ("int8-all", ("decoder_first.int8.onnx", "decoder_step.int8.onnx")),
+    ],
 )
-def test_int8_export_reports_agreement(tiny_export, tmp_path, capsys, mode, decoder_file):
+def test_int8_export_reports_agreement(tiny_export, tmp_path, capsys, mode, decoder_files):
     from export.command import export
 
     out = tmp_path / mode
@@ -208,9 +213,11 @@ def test_int8_export_reports_agreement(tiny_export, tmp_path, capsys, mode, deco
     q = bundle.manifest["quantization"]
     assert bundle.manifest["graphs"] == {
         "encoder": "encoder.int8.onnx",
-        "decoder_step": decoder_file,
+        "decoder_first": decoder_files[0],
+        "decoder_step": decoder_files[1],
     }
     assert not (out / "encoder.onnx").exists()
+    assert (out / "decoder_first.onnx").exists() == (mode == "int8")
     assert (out / "decoder_step.onnx").exists() == (mode == "int8")
     assert q["bytes_int8"] < q["bytes_fp32"] / 2
     assert set(q["agreement_with_fp32"]) == {"l1", "l1-2"}
@@ -225,7 +232,7 @@ def test_int8_export_reports_agreement(tiny_export, tmp_path, capsys, mode, deco
     from service.tokenizer import BundleTokenizer
     from training.data import load_catalog
 
-    model = OnnxIndexer(bundle.encoder_path, bundle.decoder_path)
+    model = OnnxIndexer(bundle.graph_paths)
     tok = BundleTokenizer(bundle.file("tokenizer.json"), bundle.tokenizer)
     texts = load_catalog(tiny_export["catalog"]).texts
     codes = assign_items(model, tok, texts, bundle.levels, progress=False)[0]

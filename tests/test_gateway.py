@@ -44,7 +44,7 @@ def client(bundle_dir):
 
 def offline_beams(bundle_dir: Path, texts: list[str], beam: int):
     b = load_bundle(bundle_dir)
-    model = OnnxIndexer(b.encoder_path, b.decoder_path)
+    model = OnnxIndexer(b.graph_paths)
     tok = BundleTokenizer(b.file("tokenizer.json"), b.tokenizer)
     trie = CompactTrie.from_codes(b.semantic_sids, b.codebook_sizes)
     return search_beams(model, tok, texts, trie, beam)

@@ -32,7 +32,7 @@ def setup(tiny_export: dict) -> dict:
     return {
         "model": model,
         "hf_tokenizer": hf_tokenizer,
-        "onnx": OnnxIndexer(bundle.encoder_path, bundle.decoder_path),
+        "onnx": OnnxIndexer(bundle.graph_paths),
         "tokenizer": BundleTokenizer(bundle.file("tokenizer.json"), bundle.tokenizer),
         "bundle": bundle,
         "texts": texts[:20],

@@ -595,7 +595,8 @@ def write_bundle(root: Path, ids: list[str], sids: np.ndarray) -> Path:
     staging.mkdir()
     (staging / "tokenizer.json").write_text("{}")
     (staging / "encoder.onnx").write_bytes(b"not a graph")
-    (staging / "decoder_step.onnx").write_bytes(b"not a graph either")
+    (staging / "decoder_first.onnx").write_bytes(b"not a graph either")
+    (staging / "decoder_step.onnx").write_bytes(b"nor this")
     write_item_table(staging, ids, sids)
     levels = sids.shape[1] - 1
     return finish_bundle(
@@ -605,6 +606,7 @@ def write_bundle(root: Path, ids: list[str], sids: np.ndarray) -> Path:
         codebook_sizes=[int(sids[:, :levels].max()) + 1] * levels,
         hidden_size=8,
         cache_entries=2,
+        heads=2,
         tokenizer={
             "max_query_tokens": 8,
             "max_item_tokens": 8,
@@ -612,7 +614,11 @@ def write_bundle(root: Path, ids: list[str], sids: np.ndarray) -> Path:
             "cls_id": 1,
             "sep_id": 2,
         },
-        graphs={"encoder": "encoder.onnx", "decoder_step": "decoder_step.onnx"},
+        graphs={
+            "encoder": "encoder.onnx",
+            "decoder_first": "decoder_first.onnx",
+            "decoder_step": "decoder_step.onnx",
+        },
         item_count=len(ids),
         source={"test": True},
     )

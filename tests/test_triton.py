@@ -33,7 +33,6 @@ from export.triton_repo import MARKER, MODELS, TEMPLATES, materialise, read_mani
 from tests.triton_server import TritonServer, variant_bundle
 
 ATOL = 1e-5
-GRAPH_KEYS = {"sid_encoder": "encoder", "sid_decoder": "decoder_step"}
 ONNX_TO_TRITON = {onnx.TensorProto.INT64: mc.TYPE_INT64, onnx.TensorProto.FLOAT: mc.TYPE_FP32}
 ALL_TEMPLATES = {
     "gpu": TEMPLATES,
@@ -53,6 +52,7 @@ class Reference:
     inputs that follow the bundle's contract."""
 
     encoder: ort.InferenceSession
+    first: ort.InferenceSession
     decoder: ort.InferenceSession
     manifest: dict[str, Any]
 
@@ -71,6 +71,12 @@ class Reference:
     def encode(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         feeds = {"input_ids": input_ids, "attention_mask": attention_mask}
         return self.encoder.run(["memory"], feeds)[0]
+
+    def first_step(self, memory: np.ndarray, attention_mask: np.ndarray) -> dict[str, np.ndarray]:
+        """The first decoder step's outputs by name."""
+        names = ["logits", "present", "cross_kv"]
+        feeds = {"memory": memory, "attention_mask": attention_mask}
+        return dict(zip(names, self.first.run(names, feeds), strict=True))
 
     def step(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         # The graph takes level as (batch,); Triton clients send (batch, 1).
@@ -96,12 +102,14 @@ class Reference:
     def decoder_inputs(
         self, rng: np.random.Generator, rows: int, seq: int, beam: int, level: int = 1
     ) -> dict[str, np.ndarray]:
-        """One decoder step at `level` for `rows` texts of `seq` tokens with `beam` beams each
-        (a random key/value cache of the `level` earlier positions)."""
+        """One later decoder step at `level` (>= 1) for `rows` texts of `seq` tokens with `beam`
+        beams each (their first step's cross-attention keys and values, a random key/value
+        cache of the `level` earlier positions)."""
         enc = self.encoder_inputs(rng, rows, seq)
         past = rng.standard_normal((rows, beam, self.cache_entries, level, self.hidden))
+        first = self.first_step(self.encode(**enc), enc["attention_mask"])
         return {
-            "memory": self.encode(**enc),
+            "cross_kv": first["cross_kv"],
             "attention_mask": enc["attention_mask"],
             "prefix": rng.integers(0, self.codebook, size=(rows, beam, self.levels)),
             "level": np.full((rows, 1), level, dtype=np.int64),
@@ -117,7 +125,12 @@ def reference(triton_bundle_dir: Path) -> Reference:
 
     manifest = read_manifest(triton_bundle_dir)
     graphs = manifest["graphs"]
-    return Reference(session(graphs["encoder"]), session(graphs["decoder_step"]), manifest)
+    return Reference(
+        session(graphs["encoder"]),
+        session(graphs["decoder_first"]),
+        session(graphs["decoder_step"]),
+        manifest,
+    )
 
 
 def make_inputs(module: Any, arrays: dict[str, np.ndarray]) -> list[Any]:
@@ -198,7 +211,7 @@ def test_every_template_renders_to_a_config_matching_the_graphs(
     variant: str, triton_bundle_dir: Path
 ) -> None:
     manifest = read_manifest(triton_bundle_dir)
-    for model, key in GRAPH_KEYS.items():
+    for model, key in MODELS.items():
         text = render_config(ALL_TEMPLATES[variant] / model / "config.pbtxt", manifest)
         config = parse_config(text)
         assert config.name == model
@@ -363,6 +376,20 @@ def test_python_model_pads_a_ragged_batch_and_splits_it_exactly(
         assert response.outputs["memory"].shape == want.shape
         np.testing.assert_allclose(response.outputs["memory"], want, atol=ATOL, rtol=0)
 
+    first = load_python_model(triton_repo_dir, "sid_decoder_first", monkeypatch)
+    first.session = counting = _CountingSession(first.session)
+    requests = [
+        {"memory": reference.encode(**enc), "attention_mask": enc["attention_mask"]}
+        for enc in (reference.encoder_inputs(rng, rows, seq) for rows, seq in [(2, 4), (1, 8)])
+    ]
+    responses = first.execute(requests)
+    assert counting.runs == 1
+    for request, response in zip(requests, responses, strict=True):
+        assert response.error is None
+        for name, want in reference.first_step(**request).items():
+            assert response.outputs[name].shape == want.shape, name
+            np.testing.assert_allclose(response.outputs[name], want, atol=ATOL, rtol=0)
+
     decoder = load_python_model(triton_repo_dir, "sid_decoder", monkeypatch)
     decoder.session = counting = _CountingSession(decoder.session)
     shapes = [(1, 2, 1), (2, 7, 3), (3, 4, 2)]
@@ -422,6 +449,15 @@ def test_server_matches_onnxruntime(
             assert memory.shape == (rows, seq, reference.hidden)
             assert memory.dtype == np.float32
             np.testing.assert_allclose(memory, reference.encode(**enc), atol=ATOL, rtol=0)
+
+            first = {"memory": memory, "attention_mask": enc["attention_mask"]}
+            result = client.infer(
+                "sid_decoder_first",
+                make_inputs(module, first),
+                outputs=[module.InferRequestedOutput("cross_kv")],
+            )
+            want = reference.first_step(**first)["cross_kv"]
+            np.testing.assert_allclose(result.as_numpy("cross_kv"), want, atol=ATOL, rtol=0)
 
             dec = reference.decoder_inputs(rng, rows, seq, beam)
             logits = infer(module, client, "sid_decoder", dec)

@@ -353,6 +353,7 @@ def variant_bundle(bundle: Path, out: Path) -> Path:
         codebook_sizes=b.codebook_sizes,
         hidden_size=b.hidden_size,
         cache_entries=b.cache_entries,
+        heads=int(m["decoder"]["heads"]),
         tokenizer={k: v for k, v in m["tokenizer"].items() if k != "file"},
         graphs=m["graphs"],
         item_count=len(b.item_ids),

@@ -1,8 +1,9 @@
 """Triton Python-backend model that runs one bundle ONNX graph with ONNX Runtime on CPU.
 
-One implementation serves both `sid_encoder` and `sid_decoder`: they differ only in the ONNX
-file and the tensor names, which come from the model config (`args["model_config"]`) and the
-graph, so export/triton_repo.py copies this file unchanged into every version directory.
+One implementation serves every model (`sid_encoder`, `sid_decoder_first`, `sid_decoder`):
+they differ only in the ONNX file and the tensor names, which come from the model config
+(`args["model_config"]`) and the graph, so export/triton_repo.py copies this file unchanged
+into every version directory.
 
 Dynamic batching hands `execute` several requests at once. They are concatenated along the
 batch axis and run as one ONNX Runtime call. Requests may differ in the graph's other named

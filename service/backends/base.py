@@ -12,28 +12,20 @@ from typing import Protocol
 
 import numpy as np
 
+from service.query_beams import Decoder
+
 
 class BackendUnavailable(Exception):
     """The model server cannot be reached or did not answer in time (the gateway answers 503)."""
 
 
-class InferenceBackend(Protocol):
+class InferenceBackend(Decoder, Protocol):
+    """The encoder and the two decoder graphs of docs/bundle.md (`Decoder`), plus readiness."""
+
     name: str
-    cache_entries: int  # decoder key/value cache entries per position (2 x layers)
 
     def encode(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """(B, S) int64 ids and mask -> (B, S, D) float32 encoder states."""
-        ...
-
-    def decode_step(
-        self,
-        memory: np.ndarray,
-        mask: np.ndarray,
-        prefix: np.ndarray,
-        level: np.ndarray,
-        past: np.ndarray,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """docs/bundle.md's decoder step -> (logits (B, W, K), present cache)."""
         ...
 
     async def check(self) -> None:

@@ -11,7 +11,7 @@ class EmbeddedBackend(OnnxIndexer):
     name = "onnxruntime"
 
     def __init__(self, bundle: Bundle, threads: int = 0):
-        super().__init__(bundle.encoder_path, bundle.decoder_path, threads)
+        super().__init__(bundle.graph_paths, threads)
 
     async def check(self) -> None:
         return None

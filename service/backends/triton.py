@@ -1,9 +1,9 @@
 """Triton Inference Server over async gRPC (`tritonclient.grpc.aio`).
 
-The batcher's worker thread calls `encode` / `decode_step`; each call is scheduled on the
-gateway's event loop (where the aio client lives) and waited for with a bound, so a stalled
-server becomes BackendUnavailable, never a hang. In the model configs `level` has dims [1]
-reshaped to a scalar per batch element, so it is sent as (B, 1).
+The batcher's worker thread calls `encode` / `decode_first` / `decode_step`; each call is
+scheduled on the gateway's event loop (where the aio client lives) and waited for with a
+bound, so a stalled server becomes BackendUnavailable, never a hang. In the model configs
+`level` has dims [1] reshaped to a scalar per batch element, so it is sent as (B, 1).
 """
 
 from __future__ import annotations
@@ -20,13 +20,15 @@ from service.backends.base import BackendUnavailable
 class TritonBackend:
     name = "triton"
 
-    def __init__(self, url: str, encoder: str, decoder: str, timeout_s: float, cache_entries: int):
+    def __init__(
+        self, url: str, encoder: str, decoder_first: str, decoder: str, timeout_s: float
+    ) -> None:
         from tritonclient.grpc import aio as grpcclient
 
         self._grpc = grpcclient
         self.url, self.encoder_model, self.decoder_model = url, encoder, decoder
+        self.decoder_first_model = decoder_first
         self.timeout_s = timeout_s
-        self.cache_entries = cache_entries
         self.client: Any = None
         self.loop: asyncio.AbstractEventLoop | None = None
 
@@ -73,16 +75,26 @@ class TritonBackend:
         feeds = {"input_ids": ids, "attention_mask": mask}
         return self._wait(self._infer(self.encoder_model, feeds, ["memory"]))[0]
 
+    def decode_first(
+        self, memory: np.ndarray, mask: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        feeds = {"memory": memory.astype(np.float32, copy=False), "attention_mask": mask}
+        outputs = ["logits", "present", "cross_kv"]
+        logits, present, cross_kv = self._wait(
+            self._infer(self.decoder_first_model, feeds, outputs)
+        )
+        return logits, present, cross_kv
+
     def decode_step(
         self,
-        memory: np.ndarray,
+        cross_kv: np.ndarray,
         mask: np.ndarray,
         prefix: np.ndarray,
         level: np.ndarray,
         past: np.ndarray,
     ) -> tuple[np.ndarray, np.ndarray]:
         feeds = {
-            "memory": memory.astype(np.float32, copy=False),
+            "cross_kv": cross_kv.astype(np.float32, copy=False),
             "attention_mask": mask,
             "prefix": prefix,
             "level": level.reshape(-1, 1),
@@ -96,6 +108,7 @@ class TritonBackend:
             ready = await asyncio.wait_for(
                 asyncio.gather(
                     self.client.is_model_ready(self.encoder_model),
+                    self.client.is_model_ready(self.decoder_first_model),
                     self.client.is_model_ready(self.decoder_model),
                 ),
                 self.timeout_s,
