@@ -40,3 +40,13 @@ def test_serve_stops_on_a_bad_setting_naming_the_variable(tmp_path, monkeypatch,
     monkeypatch.setenv("SIDSERVE_PORT", "eighty")
     assert main(["serve", "--bundle", str(tmp_path)]) == 2
     assert "bad settings: SIDSERVE_PORT: Input should be a valid integer" in capsys.readouterr().err
+
+
+def test_every_setting_has_a_row_in_the_settings_table_of_the_docs():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "gateway.md").read_text()
+    table = doc[doc.index("## Settings") :]
+    rows = {line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| `")}
+    names = [f"`SIDSERVE_{name.upper()}`" for name in Settings.model_fields]
+    assert [name for name in names if name not in rows] == []
