@@ -126,9 +126,17 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
         raise ManifestError(f"{mf}: not valid JSON ({exc})") from exc
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:
+        if isinstance(version, int) and 0 < version < FORMAT_VERSION:
+            advice = (
+                "an older exporter made it: re-export it from its checkpoint with `sidserve export`"
+            )
+        elif isinstance(version, int) and version > FORMAT_VERSION:
+            advice = "a newer exporter made it: upgrade the gateway"
+        else:
+            advice = "not a version any exporter writes"
         raise FormatVersionError(
             f"{mf}: bundle format version {version!r}; this gateway reads version "
-            f"{FORMAT_VERSION} (re-export the bundle or upgrade the gateway)"
+            f"{FORMAT_VERSION} ({advice})"
         )
     return manifest
 

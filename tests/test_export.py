@@ -282,12 +282,16 @@ def test_item_vectors_are_checked_and_optional(tiny_export, tmp_path):
     assert load_bundle(b).item_vectors is None
 
 
-def test_unknown_format_version(tiny_export, tmp_path):
+@pytest.mark.parametrize(
+    "version, advice",
+    [(1, "older exporter.*re-export"), (99, "newer exporter.*upgrade"), ("2", "not a version")],
+)
+def test_unknown_format_version(tiny_export, tmp_path, version, advice):
     b = clone_bundle(tiny_export["bundle"], tmp_path / "b")
     m = json.loads((b / "manifest.json").read_text())
-    m["format_version"] = 99
+    m["format_version"] = version
     (b / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(FormatVersionError, match="manifest.json.*99"):
+    with pytest.raises(FormatVersionError, match=f"manifest.json.*{version!r}.*{advice}"):
         load_bundle(b)
 
 
