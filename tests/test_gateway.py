@@ -528,6 +528,17 @@ def test_triton_backend_gives_the_same_answers_as_embedded(bundle_dir, triton_se
     assert got_e == want_e
 
 
+def test_readyz_names_the_triton_model_that_is_not_served(bundle_dir, triton_server):
+    """A Triton repository materialised before format 2 lacks sid_decoder_first."""
+    settings = Settings(
+        bundle=bundle_dir, triton_url=triton_server.grpc_url, triton_decoder_first="sid_gone"
+    )
+    with TestClient(create_app(settings)) as c:
+        r = c.get("/readyz")
+    assert r.status_code == 503, r.text
+    assert "not ready: sid_gone" in r.json()["message"]
+
+
 def test_serve_reports_bad_settings_in_one_line(monkeypatch, capsys, tmp_path):
     from sidserve.cli import main
 

@@ -104,19 +104,17 @@ class TritonBackend:
         return logits, present
 
     async def check(self) -> None:
+        models = [self.encoder_model, self.decoder_first_model, self.decoder_model]
         try:
             ready = await asyncio.wait_for(
-                asyncio.gather(
-                    self.client.is_model_ready(self.encoder_model),
-                    self.client.is_model_ready(self.decoder_first_model),
-                    self.client.is_model_ready(self.decoder_model),
-                ),
+                asyncio.gather(*(self.client.is_model_ready(m) for m in models)),
                 self.timeout_s,
             )
         except Exception as exc:
             raise BackendUnavailable(f"Triton at {self.url}: {exc or type(exc).__name__}") from exc
-        if not all(ready):
-            raise BackendUnavailable(f"Triton at {self.url}: models not ready")
+        missing = [m for m, ok in zip(models, ready, strict=True) if not ok]
+        if missing:
+            raise BackendUnavailable(f"Triton at {self.url}: not ready: {', '.join(missing)}")
 
     async def close(self) -> None:
         if self.client is not None:
