@@ -62,7 +62,7 @@ class CachedSteps:
         self.decoder, self.memory, self.mask, self.radix = decoder, memory, mask, radix
         self._cross_kv: np.ndarray | None = None  # (queries, 2N, H, S, D / H) from level 0
         self._keys: np.ndarray | None = None  # previous level's row keys, sorted
-        self._where: tuple[np.ndarray, np.ndarray] | None = None  # their (text, slot) in...
+        self._where: np.ndarray | None = None  # their flat (text * W + slot) place in...
         self._present: np.ndarray | None = None  # ...the previous call's `present` grid
 
     def __call__(self, level: int, rows: np.ndarray, prefix: np.ndarray) -> np.ndarray:
@@ -70,7 +70,7 @@ class CachedSteps:
             if not np.array_equal(rows, np.arange(len(self.memory))):
                 raise ValueError("level 0 takes one beam of every query, in order")
             logits, present, self._cross_kv = self.decoder.decode_first(self.memory, self.mask)
-            inverse, slot = np.arange(len(rows)), np.zeros(len(rows), dtype=np.int64)
+            place = np.arange(len(rows))
         else:
             assert self._keys is not None and self._where is not None
             assert self._present is not None and self._cross_kv is not None
@@ -80,20 +80,33 @@ class CachedSteps:
             slot = np.empty(len(rows), dtype=np.int64)
             slot[order] = np.arange(len(rows)) - starts[inverse[order]]
             width = int(counts.max())
-            grid = np.zeros((len(queries), width, prefix.shape[1]), dtype=np.int64)
-            grid[inverse, slot] = prefix
+            place = inverse * width + slot  # the row's flat place in this call's grid
             parent = np.searchsorted(self._keys, _keys(rows, prefix, level - 1, self.radix))
-            past = np.zeros((len(queries), width, *self._present.shape[2:]), dtype=np.float32)
-            # one copy: each row's cache straight from its parent's place in the last grid
-            past[inverse, slot] = self._present[self._where[0][parent], self._where[1][parent]]
+            # each row's cache straight from its parent's place in the last grid
+            cache = self._present.reshape(-1, *self._present.shape[2:])
+            source = self._where[parent]
+            cells = len(queries) * width
+            if len(rows) == cells and (place == np.arange(cells)).all():
+                # every query has `width` live rows, in order (the usual case): no scatter
+                grid = prefix.reshape(len(queries), width, -1)
+                past = cache.take(source, axis=0)
+            else:
+                grid = np.zeros((cells, prefix.shape[1]), dtype=np.int64)
+                grid[place] = prefix
+                past = np.zeros((cells, *cache.shape[1:]), dtype=np.float32)
+                past[place] = cache.take(source, axis=0)
             levels = np.full(len(queries), level, dtype=np.int64)
             logits, present = self.decoder.decode_step(
-                _rows(self._cross_kv, queries), _rows(self.mask, queries), grid, levels, past
+                _rows(self._cross_kv, queries),
+                _rows(self.mask, queries),
+                grid.reshape(len(queries), width, -1),
+                levels,
+                past.reshape(len(queries), width, *cache.shape[1:]),
             )
         keys = _keys(rows, prefix, level, self.radix)
         sort = np.argsort(keys)
-        self._keys, self._where, self._present = keys[sort], (inverse[sort], slot[sort]), present
-        return logits[inverse, slot]
+        self._keys, self._where, self._present = keys[sort], place[sort], present
+        return logits.reshape(-1, logits.shape[-1])[place]
 
 
 def beams_for_memory(
