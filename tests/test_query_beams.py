@@ -59,8 +59,7 @@ def test_cached_search_equals_the_row_wise_search(seed: int, beam: int) -> None:
     logits = Logits(rng, batch, sizes)
     want = beam_search(logits, trie, batch, beam, len(sizes))
 
-    fake = CachedFake(Logits.__new__(Logits), len(sizes))
-    fake.logits.__dict__.update(logits.__dict__, calls=[])
+    fake = CachedFake(logits, len(sizes))
     memory = np.zeros((batch, 4, 8), dtype=np.float32)
     memory[:, 0, 0] = np.arange(batch)
     mask = np.ones((batch, 4), dtype=np.int64)
@@ -87,8 +86,7 @@ def test_queries_with_different_numbers_of_live_beams() -> None:
     logits.base[2][1, 1:] = -np.inf  # query 1 too, but from four beams
     want = beam_search(logits, trie, batch, beam, len(sizes))
     assert list(want.counts) == [2, beam, beam]
-    fake = CachedFake(Logits.__new__(Logits), len(sizes))
-    fake.logits.__dict__.update(logits.__dict__, calls=[])
+    fake = CachedFake(logits, len(sizes))
     memory = np.zeros((batch, 3, 8), dtype=np.float32)
     memory[:, 0, 0] = np.arange(batch)
     got = beams_for_memory(fake, memory, np.ones((batch, 3), dtype=np.int64), trie, beam)
