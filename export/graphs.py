@@ -166,7 +166,10 @@ class DecoderStepGraph(_DecoderGraph):
         past: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         b, w, _ = prefix.shape
-        code = prefix.gather(2, (level - 1)[:, None, None].expand(b, w, 1))[:, :, 0]  # (B, W)
+        last = level - 1  # the level whose code this position is fed
+        if self.books.shape[0] == 1:  # one level: this graph is never run, only exported to
+            last = last.clamp(min=0)  # complete the bundle, at level 0
+        code = prefix.gather(2, last[:, None, None].expand(b, w, 1))[:, :, 0]  # (B, W)
         row = level[:, None] * self.codebook_size + code  # its row in the tables
         x, present = self._layers(
             self.inputs[row], self.inputs_qkv[row], past, cross_kv, attention_mask
@@ -315,8 +318,9 @@ def _export_all(model: SemanticIndexer, paths: dict[str, Path]) -> None:
     memory = torch.randn(2, ids.shape[1], d)
     cross_kv = torch.randn(2, entries, heads, ids.shape[1], d // heads)
     prefix = torch.zeros(2, 3, levels, dtype=torch.long)
-    level = torch.tensor([1, 1])
-    past = torch.randn(2, 3, entries, 1, d)
+    at = min(1, levels - 1)  # a later level; a one-level model has none
+    level = torch.tensor([at, at])
+    past = torch.randn(2, 3, entries, at, d)
     # the first step has one beam per text and one position: only its batch axis varies
     first_axes = {**AXES, "logits": {0: "batch"}, "present": {0: "batch"}}
     with torch.no_grad():

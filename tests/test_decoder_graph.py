@@ -91,3 +91,27 @@ def test_exported_step_gives_a_text_the_same_bits_alone_and_in_a_batch(tiny_expo
             )
             for a, b in zip(alone, batched, strict=True):
                 np.testing.assert_array_equal(a[0], b[q])
+
+
+def test_a_one_level_model_exports_and_decodes(tmp_path) -> None:
+    """One semantic level: the first-step graph does all the work, and the step graph (never
+    run) must still export, so that the bundle is complete."""
+    import numpy as np
+
+    from export.graphs import export_graphs
+    from service.onnx_model import OnnxIndexer, greedy_steps
+
+    torch.manual_seed(0)
+    model = SemanticIndexer(tiny_config(levels=1, epochs_per_level=[1.0])).eval()
+    with torch.no_grad():
+        model.codebooks.copy_(torch.randn_like(model.codebooks))
+    onnx = OnnxIndexer(export_graphs(model, tmp_path), threads=1)
+    ids = np.array([[101, 2023, 2003, 1037, 102], [101, 7987, 102, 0, 0]])
+    mask = (ids != 0).astype(np.int64)
+    codes, (logits,) = greedy_steps(onnx, ids, mask, levels=1)
+    with torch.no_grad():
+        t_ids, t_mask = torch.from_numpy(ids), torch.from_numpy(mask)
+        memory = model.encode(model.lower_states(t_ids, t_mask), t_mask)
+        want = model.code_logits(model.decode(memory, t_mask, torch.zeros(2, 0).long())[:, 0], 0)
+    np.testing.assert_allclose(logits, want.numpy(), atol=1e-4, rtol=0)
+    np.testing.assert_array_equal(codes[:, 0], want.argmax(-1).numpy())
