@@ -92,9 +92,11 @@ class _DecoderGraph(nn.Module):
         b, w, _ = x.shape
         rep = F.normalize(self.model.out_norm(x), dim=-1).reshape(-1, self.dim)  # (B * W, D)
         # one spare zero row: ONNX Runtime multiplies a single row by a non-constant matrix
-        # with a matrix-vector kernel whose sums differ in the last bits from its matrix
-        # kernel's, so a query alone at level 0 (one row) would not get the bits it gets in a
-        # batch; from two rows on, every row's result is the same whatever the row count
+        # (the later steps' codebook, picked by `level`) with a matrix-vector kernel whose
+        # sums differ in the last bits from its matrix kernel's, so a lone row would not get
+        # the bits it gets in a batch; from two rows on, every row's result is the same
+        # whatever the row count. The first step's codebook is constant; it keeps the row
+        # too, and tests/test_decoder_graph.py checks both graphs alone against batched.
         rep = torch.cat([rep, rep.new_zeros(1, self.dim)])
         return (rep @ book)[:-1].reshape(b, w, self.codebook_size)
 
