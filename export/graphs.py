@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from service.bundle import GRAPH_FILES
 from training.indexer.model import SemanticIndexer
 
 OPSET = 17
@@ -263,7 +264,7 @@ def export_graphs(model: SemanticIndexer, out: Path) -> dict[str, Path]:
     {role: path}."""
     model.eval()
     out.mkdir(parents=True, exist_ok=True)
-    paths = {role: out / f"{role}.onnx" for role in ("encoder", "decoder_first", "decoder_step")}
+    paths = {role: out / name for role, name in GRAPH_FILES.items()}
     # MultiheadAttention's fused fast path (`_native_multi_head_attention`) has no ONNX
     # symbolic: export the plain composition of matmuls and softmax instead.
     fastpath = torch.backends.mha.get_fastpath_enabled()

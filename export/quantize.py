@@ -18,14 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from service.bundle import DECODER_FILE, DECODER_FIRST_FILE, ENCODER_FILE
+from service.bundle import GRAPH_FILES
 from service.onnx_model import OnnxIndexer
 from service.tokenizer import BundleTokenizer
 
 log = logging.getLogger(__name__)
-INT8_ENCODER_FILE = "encoder.int8.onnx"
-INT8_DECODER_FIRST_FILE = "decoder_first.int8.onnx"
-INT8_DECODER_FILE = "decoder_step.int8.onnx"
 DEFAULT_WORTHY = 0.99  # level 1-2 agreement at which int8 could become the default
 
 
@@ -51,16 +48,13 @@ def quantize_graphs(
 
     from export.item_table import assign_items
 
-    # role -> (fp32 graph, its int8 version)
-    roles = {"encoder": (ENCODER_FILE, INT8_ENCODER_FILE)}
-    if decoder:
-        roles["decoder_first"] = (DECODER_FIRST_FILE, INT8_DECODER_FIRST_FILE)
-        roles["decoder_step"] = (DECODER_FILE, INT8_DECODER_FILE)
+    # role -> (fp32 graph, its int8 version, e.g. encoder.int8.onnx)
+    quantized = GRAPH_FILES if decoder else {"encoder": GRAPH_FILES["encoder"]}
+    roles = {r: (f, f.removesuffix(".onnx") + ".int8.onnx") for r, f in quantized.items()}
     for src, dst in roles.values():
         quantize_dynamic(str(bundle_dir / src), str(bundle_dir / dst), weight_type=QuantType.QInt8)
     files = {role: dst for role, (_, dst) in roles.items()}
-    fp32_files = {"decoder_first": DECODER_FIRST_FILE, "decoder_step": DECODER_FILE}
-    int8 = OnnxIndexer({r: bundle_dir / f for r, f in {**fp32_files, **files}.items()}, threads)
+    int8 = OnnxIndexer({r: bundle_dir / f for r, f in {**GRAPH_FILES, **files}.items()}, threads)
     pick = np.unique(np.linspace(0, len(texts) - 1, sample).astype(int))
     levels = fp32_codes.shape[1]
     codes = assign_items(int8, tokenizer, [texts[i] for i in pick], levels, progress=False)[0]

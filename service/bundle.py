@@ -22,10 +22,13 @@ from sidserve.hashing import sha256_file
 FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 TOKENIZER_FILE = "tokenizer.json"
-ENCODER_FILE = "encoder.onnx"
-DECODER_FIRST_FILE = "decoder_first.onnx"
-DECODER_FILE = "decoder_step.onnx"
-GRAPH_ROLES = ("encoder", "decoder_first", "decoder_step")
+# role -> the graph's file as `sidserve export` writes it (docs/bundle.md)
+GRAPH_FILES = {
+    "encoder": "encoder.onnx",
+    "decoder_first": "decoder_first.onnx",
+    "decoder_step": "decoder_step.onnx",
+}
+GRAPH_ROLES = tuple(GRAPH_FILES)
 ITEM_IDS_FILE = "items.ids.txt"
 ITEM_SIDS_FILE = "items.sids.npy"
 ITEM_VECTORS_FILE = "items.vectors.npy"
