@@ -169,9 +169,9 @@ class DecoderStepGraph(_DecoderGraph):
         past: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         b, w, _ = prefix.shape
-        last = level - 1  # the level whose code this position is fed
-        if self.books.shape[0] == 1:  # one level: this graph is never run, only exported to
-            last = last.clamp(min=0)  # complete the bundle, at level 0
+        # the level whose code this position is fed (clamped: a one-level model's step graph
+        # is exported at level 0, to complete the bundle, and never run)
+        last = (level - 1).clamp(min=0)
         code = prefix.gather(2, last[:, None, None].expand(b, w, 1))[:, :, 0]  # (B, W)
         row = level[:, None] * self.codebook_size + code  # its row in the tables
         x, present = self._layers(
