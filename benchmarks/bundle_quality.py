@@ -155,7 +155,13 @@ def main() -> int:
         "",
         f"- date: {datetime.now(UTC).isoformat(timespec='seconds')}",
         f"- machine: {machine()}",
-        "- command: `python benchmarks/bundle_quality.py "
+        "- command: `"
+        + (
+            "SIDSERVE_RERANK_POOL=" + os.environ["SIDSERVE_RERANK_POOL"] + " "
+            if "SIDSERVE_RERANK_POOL" in os.environ
+            else ""
+        )
+        + "python benchmarks/bundle_quality.py "
         + " ".join(f"--bundle {b}" for b in args.bundle)
         + ("" if args.out == DEFAULT_OUT else f" --out {os.path.relpath(args.out, ROOT)}")
         + "`",
@@ -165,8 +171,8 @@ def main() -> int:
         "evaluate --method indexer` (rows *beam*), or by the gateway with "
         '`"order": "similarity"` (rows *similarity*: as `--sid-order pool`, the first '
         f"{pool:,} candidates in beam order by the cosine with the bundle's float16 item "
-        'vectors alone) or `"order": "depth"` (rows *depth*: as `--sid-order dense`, matched '
-        "depth first, then the cosine, among the same pool); "
+        'vectors alone) or `"order": "depth"` (rows *depth*: matched depth first, then the '
+        "cosine, among the same pool; `--sid-order dense` orders every candidate so); "
         "ONNX Runtime with "
         f"{args.threads} thread(s), batches of 64 queries",
         "- *same top-10*: share of queries whose top-10 SIDs equal the first bundle's; *same "
