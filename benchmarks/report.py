@@ -8,16 +8,30 @@ from collections.abc import Sequence
 from pathlib import Path
 
 
-def machine(gpu: str | None = None) -> str:
-    """CPU model, cores and OS, then `gpu` (what ran the work) or "no GPU"."""
-    model = "unknown CPU"
+def machine(gpu: str | None = None, cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """CPU model (with its family / model numbers and widest vector unit), cores and OS, then
+    `gpu` (what ran the work) or "no GPU".
+
+    Cloud CPUs often report only "AMD EPYC": the family and model numbers tell the
+    generations apart (AMD family 23 is Zen 2, 25 Zen 3/4, 26 Zen 5), and they run the same
+    benchmark at very different speeds, so every report carries them.
+    """
+    fields: dict[str, str] = {}
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+        for line in cpuinfo.read_text().splitlines():
+            key, sep, value = line.partition(":")
+            if not sep:
+                if fields:  # the first processor's block is enough
+                    break
+                continue
+            fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
+    model = fields.get("model name", "unknown CPU")
+    if "cpu family" in fields and "model" in fields:
+        flags = set(fields.get("flags", "").split())
+        simd = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+        model += f" (family {fields['cpu family']} model {fields['model']}, {simd})"
     system = f"{platform.system()} {platform.machine()}"
     return f"{model}, {os.cpu_count()} cores, {system}, {gpu or 'no GPU'}"
 
