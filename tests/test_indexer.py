@@ -13,7 +13,12 @@ from tests.indexer_toy import load_toy, tiny_config
 from training.encoder import minilm_path
 from training.indexer.checkpoint import load_checkpoint, save_checkpoint
 from training.indexer.config import IndexerConfig
-from training.indexer.inference import dense_representations, greedy_codes, query_beams
+from training.indexer.inference import (
+    codes_and_dense,
+    dense_representations,
+    greedy_codes,
+    query_beams,
+)
 from training.indexer.losses import (
     code_kl,
     multi_positive_nce,
@@ -74,6 +79,9 @@ def test_encoder_alignment_loss_decreases_and_defines_the_dense_vectors(toy, tra
     m = mask.float()[..., None]
     by_hand = torch.nn.functional.normalize((memory * m).sum(1) / m.sum(1), dim=-1).numpy()
     np.testing.assert_allclose(dense, by_hand, atol=1e-5)
+    # the catalog pass of `evaluate` (codes and vectors together) gives the same vectors
+    _, with_codes = codes_and_dense(model, items)
+    np.testing.assert_array_equal(with_codes, dense_representations(model, items))
     with pytest.raises(ValueError, match="encoder_nce_weight"):
         IndexerConfig(encoder_nce_weight=-1.0)
 

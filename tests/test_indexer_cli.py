@@ -63,6 +63,25 @@ def test_train_evaluate_assign(tmp_path, capsys):
     # 48 products, every query judged: the trained representation must beat chance by far
     assert dense["recall@10"] > 0.5
 
+    # one pass over the catalog serves all three evaluations (cached per checkpoint files and
+    # catalog texts), and indexer-dense really ranks with the cached vectors
+    import numpy as np
+
+    from training.encoder import cache_dir
+
+    (entry,) = (cache_dir() / "indexer-catalog").glob("*.npz")
+    with np.load(entry) as cached:
+        codes, vecs = cached["codes"], cached["dense"]
+    np.savez(entry, codes=codes, dense=np.zeros_like(vecs))
+    assert main(["evaluate", "--method", "indexer-dense", *common]) == 0
+    assert json.loads(out.read_text())["metrics"]["recall@10"] < dense["recall@10"]
+    # a changed checkpoint gets its own entry, computed afresh
+    meta = ck / "indexer.json"
+    meta.write_text(meta.read_text() + "\n")
+    assert main(["evaluate", "--method", "indexer-dense", *common]) == 0
+    assert json.loads(out.read_text())["metrics"] == dense
+    assert len(list((cache_dir() / "indexer-catalog").glob("*.npz"))) == 2
+
     table = tmp_path / "sids.csv.gz"
     assert (
         main(["assign", "--checkpoint", str(ck), "--catalog", str(cat), "--out", str(table)]) == 0

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from training.data import Catalog, QuerySet
-from training.encoder import TextEncoder, cache_dir, texts_digest
+from training.encoder import TextEncoder, cache_dir, file_digest, texts_digest
 from training.metrics import RERANK_POOL, SidIndex, assignment_agreement
 
 log = logging.getLogger(__name__)
@@ -273,14 +273,48 @@ def _load_indexer(ctx: EvalContext, method: str):
     return model, items, queries, (assigned if same else None)
 
 
+def _catalog_pass(ctx: EvalContext, model, items) -> tuple[np.ndarray, np.ndarray]:
+    """The catalog's greedy codes and dense vectors (`codes_and_dense`), memoised on disk.
+
+    Evaluating one checkpoint in several orders, or as `indexer` and `indexer-dense`, needs
+    the same pass over every catalog item (minutes on a CPU); the cache key is the
+    checkpoint's files and the catalog's texts, so a retrained checkpoint never hits.
+    """
+    from training.indexer.checkpoint import CONFIG_FILE, WEIGHTS_FILE
+    from training.indexer.inference import codes_and_dense
+
+    assert ctx.checkpoint is not None
+    digest = hashlib.sha256()
+    for name in (WEIGHTS_FILE, CONFIG_FILE):
+        digest.update(file_digest(ctx.checkpoint / name).encode())
+    key = f"{digest.hexdigest()[:24]}-{texts_digest(ctx.catalog.texts)[:24]}"
+    path = cache_dir() / "indexer-catalog" / f"{key}.npz"
+    shape = (len(items), model.cfg.levels), (len(items), model.dim)
+    if path.is_file():
+        with np.load(path) as cached:
+            codes, dense = cached["codes"], cached["dense"]
+        if (codes.shape, dense.shape) == shape:
+            log.info("indexer catalog pass: cache hit %s", path)
+            return codes, dense
+        log.warning(
+            "indexer catalog pass: ignoring %s with shapes %s", path, (codes.shape, dense.shape)
+        )
+    codes, dense = codes_and_dense(model, items)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, codes=codes, dense=dense)
+    tmp.replace(path)  # atomic: a killed run never leaves a half-written entry
+    return codes, dense
+
+
 def _indexer(ctx: EvalContext) -> MethodResult:
     """SID retrieval with the semantic indexer: greedy item codes, trie-constrained beams."""
-    from training.indexer.inference import codes_and_dense, dense_representations, query_beams
+    from training.indexer.inference import dense_representations, query_beams
     from training.sids import Trie
 
     model, items, queries, assigned = _load_indexer(ctx, "indexer")
     t = time.perf_counter()
-    codes, item_vecs = codes_and_dense(model, items)
+    codes, item_vecs = _catalog_pass(ctx, model, items)
     timings = {"assign_s": time.perf_counter() - t}
     sizes = [model.cfg.codebook_size] * model.cfg.levels
 
@@ -304,9 +338,8 @@ def _indexer_dense(ctx: EvalContext) -> MethodResult:
     _need_queries(ctx, "indexer-dense")
     model, items, queries, _ = _load_indexer(ctx, "indexer-dense")
     t = time.perf_counter()
-    ranked = dense_rank(
-        dense_representations(model, queries()), dense_representations(model, items), ctx.depth
-    )
+    _, item_vecs = _catalog_pass(ctx, model, items)
+    ranked = dense_rank(dense_representations(model, queries()), item_vecs, ctx.depth)
     return MethodResult(ranked=ranked, timings={"encode_and_rank_s": time.perf_counter() - t})
 
 
