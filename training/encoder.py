@@ -42,6 +42,18 @@ def cache_dir() -> Path:
     return Path(base) / "sidserve"
 
 
+def save_cache_entry(path: Path, array: np.ndarray | None = None, **named: np.ndarray) -> None:
+    """Write `array` (`.npy`) or the `named` arrays (`.npz`) to `path` through a temporary file
+    and a rename, so that a killed run never leaves a half-written cache entry."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp" + path.suffix)
+    if array is None:
+        np.savez(tmp, **named)
+    else:
+        np.save(tmp, array)
+    tmp.replace(path)
+
+
 def file_digest(path: Path) -> str:
     return sha256_file(path)
 
@@ -121,8 +133,5 @@ class TextEncoder:
                 return vecs
             log.warning("embeddings: ignoring %s with shape %s", path, vecs.shape)
         vecs = self.encode(texts)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npy")
-        np.save(tmp, vecs)
-        tmp.replace(path)  # atomic: a killed run never leaves a half-written cache entry
+        save_cache_entry(path, vecs)
         return vecs

@@ -16,7 +16,13 @@ from pathlib import Path
 import numpy as np
 
 from training.data import Catalog, QuerySet
-from training.encoder import TextEncoder, cache_dir, file_digest, texts_digest
+from training.encoder import (
+    TextEncoder,
+    cache_dir,
+    file_digest,
+    save_cache_entry,
+    texts_digest,
+)
 from training.metrics import RERANK_POOL, SidIndex, assignment_agreement
 
 log = logging.getLogger(__name__)
@@ -300,10 +306,7 @@ def _catalog_pass(ctx: EvalContext, model, items) -> tuple[np.ndarray, np.ndarra
             "indexer catalog pass: ignoring %s with shapes %s", path, (codes.shape, dense.shape)
         )
     codes, dense = codes_and_dense(model, items)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, codes=codes, dense=dense)
-    tmp.replace(path)  # atomic: a killed run never leaves a half-written entry
+    save_cache_entry(path, codes=codes, dense=dense)
     return codes, dense
 
 

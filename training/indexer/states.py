@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from training.encoder import cache_dir, texts_digest
+from training.encoder import cache_dir, save_cache_entry, texts_digest
 
 log = logging.getLogger(__name__)
 
@@ -94,9 +94,6 @@ def cached_states(
             log.info("token states: cache hit %s", base)
             return TokenStates(torch.from_numpy(np.load(s_path)), offsets, device)
     ts = compute_states(model, tokenizer, texts, max_length, desc=f"{kind} token states")
-    base.parent.mkdir(parents=True, exist_ok=True)
-    for path, arr in ((s_path, ts.states.numpy()), (o_path, ts.offsets)):
-        tmp = path.with_suffix(".tmp.npy")
-        np.save(tmp, arr)
-        tmp.replace(path)
+    save_cache_entry(s_path, ts.states.numpy())
+    save_cache_entry(o_path, ts.offsets)
     return ts
