@@ -28,7 +28,12 @@ from training.indexer.losses import (
 from training.indexer.model import SemanticIndexer
 from training.indexer.sampling import PairData, make_batches, near_duplicate_key
 from training.indexer.states import compute_states
-from training.indexer.trainer import Trainer, code_stats
+from training.indexer.trainer import (
+    Trainer,
+    code_stats,
+    encode_by_length,
+    step_representations,
+)
 from training.sids import Trie, disambiguate
 
 
@@ -84,6 +89,27 @@ def test_encoder_alignment_loss_decreases_and_defines_the_dense_vectors(toy, tra
     np.testing.assert_array_equal(with_codes, dense_representations(model, items))
     with pytest.raises(ValueError, match="encoder_nce_weight"):
         IndexerConfig(encoder_nce_weight=-1.0)
+
+
+def test_length_groups_and_length_ordered_passes_give_each_text_its_one_batch_numbers(toy, trained):
+    """Training runs a batch's texts in groups of similar length, the catalog passes go in
+    length order: each text must still get what one padded batch gives it, in its place."""
+    model, items, codes = toy["model"], toy["items"], trained["trainer"].state.codes
+    rows = np.random.default_rng(0).permutation(len(items)).tolist()
+    assert len(np.unique(items.lengths(rows))) >= 4  # the groups really differ in width
+    prefix = torch.from_numpy(codes[rows, :1])
+    decoded = len(rows) - 3  # the last three as judged negatives: dense vector only
+    model.eval()
+    with torch.no_grad():
+        lower, mask = items.batch(rows)
+        memory = model.encode(lower, mask)
+        want_reps = model.decode(memory, mask, prefix)
+        want_dense = model.dense(memory, mask)
+        reps, dense = encode_by_length(model, items, rows, prefix[:decoded], groups=3)
+    np.testing.assert_allclose(reps.numpy(), want_reps[:decoded].numpy(), atol=1e-5)
+    np.testing.assert_allclose(dense.numpy(), want_dense.numpy(), atol=1e-5)
+    got = step_representations(model, items, codes[:, :1], batch_size=5, rows=rows)
+    np.testing.assert_allclose(got.numpy(), want_reps.numpy(), atol=1e-5)
 
 
 def test_commitment_keeps_level1_while_level2_trains(toy, trained):

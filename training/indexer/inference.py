@@ -47,8 +47,10 @@ def dense_representations(
     """(N, D) the indexer's own dense vectors: unit-norm pooled outputs of its fine-tuned
     encoder (`SemanticIndexer.dense`)."""
     model.eval()
-    batches = encoded_batches(model, states, batch_size, "dense")
-    return torch.cat([model.dense(memory, mask).cpu() for _, memory, mask in batches]).numpy()
+    out = np.zeros((len(states), model.dim), dtype=np.float32)
+    for idx, memory, mask in encoded_batches(model, states, batch_size, "dense"):
+        out[idx] = model.dense(memory, mask).cpu().numpy()
+    return out
 
 
 @torch.no_grad()
@@ -63,7 +65,7 @@ def query_beams(
     """
     model.eval()
     k, levels = model.cfg.codebook_size, model.cfg.levels
-    results: list[tuple[np.ndarray, np.ndarray]] = []
+    results: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     for idx, memory, mask in encoded_batches(model, states, batch_size, "query beams"):
         b = len(idx)
         paths = [[()] for _ in range(b)]  # per query: list of prefixes
@@ -89,8 +91,6 @@ def query_beams(
                 order = finite[np.lexsort((finite, -cand[finite]))][:beam]
                 paths[q] = [paths[q][i // k] + (int(i % k),) for i in order]
                 scores[q] = cand[order]
-        results.extend(
-            (np.array(p, dtype=np.int64).reshape(len(p), levels), s)
-            for p, s in zip(paths, scores, strict=True)
-        )
-    return results
+        for i, p, s in zip(idx, paths, scores, strict=True):
+            results[i] = (np.array(p, dtype=np.int64).reshape(len(p), levels), s)
+    return [results[i] for i in range(len(states))]

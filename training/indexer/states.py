@@ -28,6 +28,11 @@ class TokenStates:
     def __len__(self) -> int:
         return len(self.offsets) - 1
 
+    def lengths(self, idx: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Token counts of texts `idx`."""
+        idx = np.asarray(idx, dtype=np.int64)
+        return self.offsets[idx + 1] - self.offsets[idx]
+
     def batch(self, idx: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Padded (B, S, D) float32 states and (B, S) 0/1 mask for texts `idx`."""
         lengths = [int(self.offsets[i + 1] - self.offsets[i]) for i in idx]
