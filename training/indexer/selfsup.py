@@ -29,7 +29,7 @@ from training.indexer.losses import code_kl, commitment, multi_positive_nce
 from training.indexer.model import SemanticIndexer
 from training.indexer.sampling import item_order
 from training.indexer.states import TokenStates
-from training.indexer.trainer import Trainer
+from training.indexer.trainer import Trainer, encode_by_length
 from training.metrics.ranking import top_k
 
 MASK_RATE = 0.5
@@ -145,13 +145,11 @@ class SelfSupervisedTrainer(Trainer):
     def loss(self, batch: list[int], level: int, main: bool):
         m, cfg = self.model, self.cfg
         idx = np.asarray(batch)
-        lower, mask = self.items.batch(batch)
-        dev = mask.device
+        dev = self.items.device
         prefix = torch.from_numpy(self.state.codes[idx, :level]).to(dev)
-        h1 = m.decode(m.encode(lower, mask), mask, prefix)
+        h1, _ = encode_by_length(m, self.items, batch, prefix)
         other = self.second_views(idx, level)  # share the prefix: decoded with the same one
-        lower2, mask2 = (lower, mask) if other is idx else self.items.batch(other.tolist())
-        h2 = m.decode(m.encode(lower2, mask2), mask2, prefix)
+        h2, _ = encode_by_length(m, self.items, other.tolist(), prefix)
         # row k of h2 is a view of item i if it is i's own second view, or i itself
         same = (other[None, :] == other[:, None]) | (other[None, :] == idx[:, None])
         positive = torch.from_numpy(same).to(dev)
