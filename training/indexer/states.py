@@ -35,7 +35,7 @@ class TokenStates:
 
     def batch(self, idx: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Padded (B, S, D) float32 states and (B, S) 0/1 mask for texts `idx`."""
-        lengths = [int(self.offsets[i + 1] - self.offsets[i]) for i in idx]
+        lengths = self.lengths(idx).tolist()
         width = max(lengths)
         out = torch.zeros(len(idx), width, self.states.shape[1])
         mask = torch.zeros(len(idx), width, dtype=torch.long)
