@@ -9,8 +9,10 @@ is padded to its longest, and in first-come batches of 8 dev queries a third of 
 padding. While workers are busy, new jobs queue up and form the next batch, so batches grow
 with load by themselves; `max_wait_s` optionally holds a lone job back for company. With
 several workers (each running ONNX Runtime single-threaded by default) batches run side by
-side: small graphs use cores better that way than with intra-op threads. Queue depth and batch
-sizes go to Prometheus.
+side: small graphs use cores better that way than with intra-op threads. A batch that runs
+alone (no other batch in flight, no job left queued) goes to the `lone` model instead, when
+there is one: the same graphs on more intra-op threads, so a lone query does not leave the
+other cores idle. Queue depth, batch sizes and lone batches go to Prometheus.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 
-from service.backends.base import InferenceBackend
+from service.backends.base import InferenceBackend, Model
 from service.metrics import Metrics
 from service.onnx_model import dense_vectors
 from service.query_beams import beams_for_memory
@@ -68,8 +70,10 @@ class QueryBatcher:
         queue_limit: int = 1024,
         workers: int = 1,
         length_window: int = 0,
+        lone: Model | None = None,
     ):
         self.backend, self.trie, self.metrics, self.pad_id = backend, trie, metrics, pad_id
+        self.lone = lone
         self.max_batch, self.max_wait_s, self.queue_limit = max_batch, max_wait_s, queue_limit
         self.length_window = length_window
         self._queue: deque[_Job] = deque()
@@ -167,15 +171,19 @@ class QueryBatcher:
             for j in jobs:
                 self.metrics.stage_seconds.labels("queue").observe(now - j.enqueued)
             self.metrics.batch_size.observe(len(jobs))
-            task = loop.create_task(self._dispatch(jobs))
+            model: Model = self.backend
+            if self.lone is not None and not self._running and not self._queue:
+                model = self.lone
+                self.metrics.lone_batches.inc()
+            task = loop.create_task(self._dispatch(jobs, model))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
 
-    async def _dispatch(self, jobs: list[_Job]) -> None:
+    async def _dispatch(self, jobs: list[_Job], model: Model) -> None:
         loop = asyncio.get_running_loop()
         try:
             results = await loop.run_in_executor(
-                self._executor, self._compute, [j.ids for j in jobs], jobs[0].beam
+                self._executor, self._compute, [j.ids for j in jobs], jobs[0].beam, model
             )
         except Exception as exc:  # handed to the waiting requests, mapped there
             for j in jobs:
@@ -188,11 +196,11 @@ class QueryBatcher:
             if not j.future.done():
                 j.future.set_result(r)
 
-    def _compute(self, rows: list[np.ndarray], beam: int) -> list[Beams]:
+    def _compute(self, rows: list[np.ndarray], beam: int, model: Model) -> list[Beams]:
         ids, mask = pad_rows(rows, self.pad_id)
         with self.metrics.stage("encode"):
-            memory = self.backend.encode(ids, mask)
+            memory = model.encode(ids, mask)
         with self.metrics.stage("beam_search"):
-            result = beams_for_memory(self.backend, memory, mask, self.trie, beam)
+            result = beams_for_memory(model, memory, mask, self.trie, beam)
         vectors = dense_vectors(memory, mask)
         return [Beams(paths, logp, v) for (paths, logp), v in zip(result, vectors, strict=True)]

@@ -62,6 +62,11 @@ class Metrics:
         self.queue_depth = Gauge(
             "sidserve_queue_depth", "Queries waiting for the batcher", registry=r
         )
+        self.lone_batches = Counter(
+            "sidserve_lone_batches",
+            "Query batches that ran alone, on the sessions with more intra-op threads",
+            registry=r,
+        )
         self.errors = Counter("sidserve_errors", "Errors by kind", ["kind"], registry=r)
         self.model = Info("sidserve_model", "The served model", registry=r)
 

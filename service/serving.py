@@ -50,7 +50,7 @@ def build_backend(settings: Settings, bundle: Bundle) -> InferenceBackend:
         )
     from service.backends.embedded import EmbeddedBackend
 
-    return EmbeddedBackend(bundle, settings.onnx_threads)
+    return EmbeddedBackend(bundle, settings.onnx_threads, settings.onnx_lone_threads)
 
 
 def build_store(settings: Settings, bundle: Bundle) -> SidStore:
@@ -102,6 +102,7 @@ class SidService:
             queue_limit=settings.queue_limit,
             workers=settings.workers,
             length_window=settings.batch_length_window,
+            lone=backend.lone,
         )
         self._trie_lock = asyncio.Lock()
         self.metrics.model.info(

@@ -59,6 +59,13 @@ class Settings(BaseSettings):
     onnx_threads: int = Field(
         1, ge=0, description="ONNX Runtime intra-op threads per call (0 = one per core)"
     )
+    onnx_lone_threads: int = Field(
+        2,
+        ge=1,
+        description="ONNX Runtime intra-op threads for a query batch that runs alone (no other "
+        "batch in flight, none queued), capped at the CPUs this process may use; a second set "
+        "of sessions, only when that is more than onnx_threads (1 = off; embedded only)",
+    )
     # timeouts: an unavailable dependency gives 503 + Retry-After, never a hang
     inference_timeout_s: float = Field(5.0, gt=0)
     store_timeout_s: float = Field(1.0, gt=0)

@@ -76,3 +76,58 @@ def test_other_beam_widths_and_cancelled_jobs_wait_or_go(window):
     assert b._take() == [jobs[0], jobs[3]]
     assert list(b._queue) == [jobs[1], jobs[4]]  # queue order kept, the cancelled one gone
     assert b._take() == [jobs[1], jobs[4]]
+
+
+@pytest.mark.parametrize("with_lone", [True, False])
+def test_a_batch_that_runs_alone_goes_to_the_lone_model_and_side_by_side_batches_do_not(
+    with_lone,
+):
+    import threading
+
+    from service.batching import Beams
+
+    main, lone = object(), object()
+    used: list[object] = []
+    release = threading.Event()
+    b = QueryBatcher(
+        backend=main,  # type: ignore[arg-type]  # _compute is replaced below
+        trie=None,  # type: ignore[arg-type]
+        metrics=Metrics(),
+        pad_id=0,
+        max_batch=1,
+        workers=2,
+        lone=lone if with_lone else None,  # type: ignore[arg-type]
+    )
+
+    def compute(rows, beam, model):
+        used.append(model)
+        if len(used) == 1:  # the first batch holds its worker until the second has started
+            assert release.wait(5)
+        return [Beams(np.zeros((1, 2)), np.zeros(1), np.zeros(3)) for _ in rows]
+
+    b._compute = compute  # type: ignore[method-assign]
+
+    async def run():
+        b.start()
+        try:
+            first = asyncio.ensure_future(b.search([np.arange(3)], 10))
+            while not used:  # the first batch is running, alone
+                await asyncio.sleep(0.001)
+            second = asyncio.ensure_future(b.search([np.arange(4)], 10))
+            while len(used) < 2:  # it runs beside the first on the other worker
+                await asyncio.sleep(0.001)
+            release.set()
+            await asyncio.gather(first, second)
+            await b.search([np.arange(2)], 10)  # alone again
+            await b.search([np.arange(2), np.arange(5)], 10)  # two batches of one: queued
+        finally:
+            await b.stop()
+
+    asyncio.run(run())
+    alone = lone if with_lone else main
+    assert used[:3] == [alone, main, alone]
+    # the fourth call's first batch left a job queued, so it did not run alone (its second
+    # may or may not find the first finished)
+    assert used[3] is main
+    lone_batches = b.metrics.registry.get_sample_value("sidserve_lone_batches_total")
+    assert lone_batches == sum(m is lone for m in used) >= (2 if with_lone else 0)

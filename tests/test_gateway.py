@@ -568,3 +568,47 @@ def test_bad_relevance_input_is_422(client, body, field):
     r = client.post("/v1/relevance", json=body)
     assert r.status_code == 422, r.text
     assert field in r.json()["message"]
+
+
+def test_lone_sessions_have_more_threads_and_give_the_same_answers(bundle_dir, monkeypatch):
+    from service.backends import embedded
+    from service.query_beams import search_beams
+
+    bundle = load_bundle(bundle_dir)
+    monkeypatch.setattr(embedded, "usable_cpus", lambda: 4)
+    backend = embedded.EmbeddedBackend(bundle, threads=1, lone_threads=2)
+    assert backend.lone is not None
+    assert backend.lone.encoder.get_session_options().intra_op_num_threads == 2
+    assert backend.encoder.get_session_options().intra_op_num_threads == 1
+    tok = BundleTokenizer(bundle.file("tokenizer.json"), bundle.tokenizer)
+    trie = CompactTrie.from_codes(bundle.semantic_sids, bundle.codebook_sizes)
+    for (paths, logp), (lone_paths, lone_logp) in zip(
+        search_beams(backend, tok, QUERIES, trie, 10),
+        search_beams(backend.lone, tok, QUERIES, trie, 10),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(lone_paths, paths)
+        np.testing.assert_allclose(lone_logp, logp, rtol=1e-6)
+    # no second set where it would not have more threads
+    assert embedded.EmbeddedBackend(bundle, threads=1, lone_threads=1).lone is None
+    assert embedded.EmbeddedBackend(bundle, threads=0, lone_threads=2).lone is None
+    assert embedded.EmbeddedBackend(bundle, threads=2, lone_threads=2).lone is None
+    monkeypatch.setattr(embedded, "usable_cpus", lambda: 1)  # capped at the CPUs it may use
+    assert embedded.EmbeddedBackend(bundle, threads=1, lone_threads=4).lone is None
+
+
+@pytest.mark.parametrize(
+    ("cpus", "lone_threads", "counted"), [(2, 2, 1.0), (2, 1, 0.0), (1, 2, 0.0)]
+)
+def test_a_lone_query_is_counted_on_the_lone_sessions(
+    bundle_dir, monkeypatch, cpus, lone_threads, counted
+):
+    from service.backends import embedded
+
+    monkeypatch.setattr(embedded, "usable_cpus", lambda: cpus)
+    settings = Settings(bundle=bundle_dir, onnx_lone_threads=lone_threads)
+    with TestClient(create_app(settings)) as c:
+        r = c.post("/v1/query/sids", json={"query": QUERIES[0], "candidates": 0})
+        assert r.status_code == 200, r.text
+        metrics = c.get("/metrics").text
+    assert f"sidserve_lone_batches_total {counted}" in metrics

@@ -19,14 +19,20 @@ class BackendUnavailable(Exception):
     """The model server cannot be reached or did not answer in time (the gateway answers 503)."""
 
 
-class InferenceBackend(Decoder, Protocol):
-    """The encoder and the two decoder graphs of docs/bundle.md (`Decoder`), plus readiness."""
-
-    name: str
+class Model(Decoder, Protocol):
+    """The encoder and the two decoder graphs of docs/bundle.md (`Decoder`)."""
 
     def encode(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """(B, S) int64 ids and mask -> (B, S, D) float32 encoder states."""
         ...
+
+
+class InferenceBackend(Model, Protocol):
+    """The graphs, plus readiness and, where the backend has them, the sessions for a query
+    batch that runs alone (`lone`: the same graphs on more intra-op threads)."""
+
+    name: str
+    lone: Model | None
 
     async def check(self) -> None:
         """Raise BackendUnavailable unless the backend can serve now (readiness)."""

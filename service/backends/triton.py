@@ -19,6 +19,7 @@ from service.backends.base import BackendUnavailable
 
 class TritonBackend:
     name = "triton"
+    lone = None  # the server schedules its own instances
 
     def __init__(
         self, url: str, encoder: str, decoder_first: str, decoder: str, timeout_s: float
