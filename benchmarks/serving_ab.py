@@ -1,5 +1,5 @@
 """Interleaved A/B of gateway variants: code from different source trees or git revisions,
-and/or other settings, on one bundle and one Redis, under the same closed-loop load.
+other settings and/or other bundles, on one Redis, under the same closed-loop load.
 
 This machine's speed drifts by a quarter within minutes (docs/gateway.md § Capacity
 planning), so two `benchmarks/serving.py` runs minutes apart cannot tell a 5 % change from
@@ -16,7 +16,9 @@ the same round.
 A variant is LABEL=SOURCE[:SIDSERVE_KEY=VALUE,...]. SOURCE is a directory holding the
 repository's code, or git:REV for a revision of this repository (checked out into a
 temporary worktree, removed afterwards). Every gateway runs on this interpreter's packages,
-with the variant's own `service`, `sidserve`, `training` and `export` code.
+with the variant's own `service`, `sidserve`, `training` and `export` code. A variant's
+SIDSERVE_BUNDLE serves another bundle than --bundle (e.g. the same checkpoint exported with
+other graphs); every bundle's items are loaded into the Redis, each under its model version.
 """
 
 from __future__ import annotations
@@ -76,6 +78,11 @@ def parse_variant(spec: str) -> Variant:
             raise ValueError(f"{spec!r}: {item!r} is not SIDSERVE_KEY=VALUE")
         env[key] = value
     return Variant(label, source, env)
+
+
+def variant_bundle(variant: Variant, default: Path) -> Path:
+    """The bundle a variant's gateway serves: its SIDSERVE_BUNDLE setting, else --bundle."""
+    return Path(variant.env.get("SIDSERVE_BUNDLE", default)).resolve()
 
 
 def check_source(source: str) -> None:
@@ -192,8 +199,9 @@ def main() -> int:
     if args.queries and not args.queries.is_file():
         p.error(f"{args.queries}: no such query file")
     bundle = args.bundle.resolve()
-    if not (bundle / "manifest.json").is_file():
-        p.error(f"{args.bundle}: not a bundle directory (no manifest.json)")
+    for b in [bundle, *(variant_bundle(v, bundle) for v in variants)]:
+        if not (b / "manifest.json").is_file():
+            p.error(f"{b}: not a bundle directory (no manifest.json)")
     started = time.perf_counter()
     from tests.redis_server import running_redis
 
@@ -204,12 +212,17 @@ def main() -> int:
         else:
             queries = write_lines(work / "queries.txt", dev_queries(args.data)[0])
         redis_url = stack.enter_context(running_redis(redis_binary()))
-        load_items(bundle, redis_url)
+        bundles = {v.label: variant_bundle(v, bundle) for v in variants}
+        for b in dict.fromkeys(bundles.values()):  # each model version in its own namespace
+            load_items(b, redis_url)
         gateways: dict[str, GatewayProcess] = {}
         for v in variants:
             tree = stack.enter_context(source_tree(v.source))
             env = {**v.env, "SIDSERVE_REDIS_URL": redis_url}
-            gateways[v.label] = stack.enter_context(running_gateway(bundle, env, cwd=tree))
+            env.pop("SIDSERVE_BUNDLE", None)
+            gateways[v.label] = stack.enter_context(
+                running_gateway(bundles[v.label], env, cwd=tree)
+            )
         tables: list[str] = []
         body = json.dumps(SEARCH)
         for clients in levels:

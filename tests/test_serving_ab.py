@@ -3,6 +3,8 @@ summary it reports, and one real run of two gateways on the tiny bundle."""
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -59,9 +61,16 @@ def test_a_real_ab_of_two_settings_on_the_tiny_bundle(tiny_export, tmp_path):
     queries = tmp_path / "queries.txt"
     queries.write_text("cordless drill\nkitchen faucet\nled light bulb\n")
     out = tmp_path / "ab.md"
+    # the second variant serves another bundle: another model version, whose items must be
+    # loaded into the Redis too, or its store would answer 503 (errors below)
+    other = tmp_path / "other-bundle"
+    shutil.copytree(tiny_export["bundle"], other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["model_version"] = "other-version"
+    (other / "manifest.json").write_text(json.dumps(manifest))
     cmd = [sys.executable, str(ROOT / "benchmarks" / "serving_ab.py")]
     cmd += ["--bundle", str(tiny_export["bundle"]), "--queries", str(queries), "--out", str(out)]
-    cmd += ["--variant", "two=.", "--variant", "one=.:SIDSERVE_WORKERS=1"]
+    cmd += ["--variant", "two=.", "--variant", f"one=.:SIDSERVE_WORKERS=1,SIDSERVE_BUNDLE={other}"]
     cmd += ["--concurrency", "2", "--reps", "2", "--duration", "1", "--warmup", "0"]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]  # e.g. no redis-server: how to install it
@@ -81,6 +90,7 @@ def test_bad_variants_and_sources_are_refused_before_anything_starts(tmp_path):
         (["--variant", "a=.", "--variant", "a=."], "labels must differ"),
         (["--variant", "a=.:SIDSERVE_X"], "SIDSERVE_KEY=VALUE"),
         (["--variant", "a=.", "--bundle", str(tmp_path)], "not a bundle"),
+        (["--variant", f"a=.:SIDSERVE_BUNDLE={tmp_path}"], "not a bundle"),
         (["--variant", f"a={tmp_path}"], "not a sidserve source tree"),
         (["--variant", "a=git:no-such-revision"], "no such revision"),
     ):
