@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from service.bundle import GRAPH_FILES
-from training.indexer.model import SemanticIndexer
+from training.indexer.model import SemanticIndexer, additive_mask
 
 OPSET = 17
 EXPORTER = "torch.onnx legacy (TorchScript) exporter, opset 17"
@@ -33,15 +33,54 @@ DECODER_OUTPUTS = ["logits", "present"]
 
 
 class EncoderGraph(nn.Module):
-    """Token ids + mask -> encoder states: embeddings and every MiniLM layer (frozen + tuned)."""
+    """Token ids + mask -> encoder states: embeddings and every MiniLM layer (frozen + tuned),
+    with the padding packed out.
+
+    The layers' matrix products (all but the attention itself) run over the texts' real tokens
+    only, taken out of the padded (batch, seq) grid into one (tokens, hidden) matrix; the
+    attention puts them back in the grid, where each text sees its own tokens. Those products
+    are nearly all of the encoder's work, and a micro-batch of queries padded to its longest is
+    about a third padding (docs/gateway.md § Capacity planning). Padded positions of `memory`
+    are zeros.
+    """
 
     def __init__(self, model: SemanticIndexer):
         super().__init__()
         self.model = model
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        lower = self.model.lower_states(input_ids, attention_mask)
-        return self.model.encode(lower, attention_mask)
+        m = self.model
+        b, s = input_ids.shape
+        flat = attention_mask.reshape(-1)
+        keep = torch.nonzero(flat).reshape(-1)  # grid place of each real token
+        grid = torch.cumsum(flat, 0) * flat  # grid place -> 1 + its packed row; 0: padding
+        h = m.embeddings(input_ids=input_ids, token_type_ids=torch.zeros_like(input_ids))
+        x = h.reshape(b * s, -1).index_select(0, keep)
+        bias = additive_mask(attention_mask, x.dtype)
+        for layer in [*m.lower, *m.upper]:
+            x = _packed_bert_layer(layer, x, keep, grid, bias)
+        return _to_grid(x, grid).reshape(b, s, -1)
+
+
+def _to_grid(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """Packed rows (T, F) -> (B * S, F) in the padded grid, zero rows at the padding."""
+    return torch.cat([x.new_zeros(1, x.shape[1]), x]).index_select(0, grid)
+
+
+def _packed_bert_layer(
+    layer: nn.Module, x: torch.Tensor, keep: torch.Tensor, grid: torch.Tensor, bias: torch.Tensor
+) -> torch.Tensor:
+    """A BERT layer (HF `BertLayer`, eager attention, eval mode) over packed tokens x (T, D):
+    the projections on the packed rows, the attention in the (B, heads, S, S) grid."""
+    att = layer.attention.self
+    heads, size = att.num_attention_heads, att.attention_head_size
+    b, s = bias.shape[0], bias.shape[-1]
+    qkv = _to_grid(torch.cat([att.query(x), att.key(x), att.value(x)], 1), grid)
+    q, k, v = qkv.reshape(b, s, 3, heads, size).permute(2, 0, 3, 1, 4).unbind(0)
+    weights = torch.softmax(torch.matmul(q, k.transpose(2, 3)) * att.scaling + bias, dim=-1)
+    ctx = torch.matmul(weights, v).permute(0, 2, 1, 3).reshape(b * s, heads * size)
+    a = layer.attention.output(ctx.index_select(0, keep), x)
+    return layer.output(layer.intermediate(a), a)
 
 
 class _DecoderGraph(nn.Module):
@@ -346,6 +385,7 @@ def _export_all(model: SemanticIndexer, paths: dict[str, Path]) -> None:
             DECODER_OUTPUTS,
         )
     codebook = model.codebooks.shape[1]
+    _fix_dims(paths["encoder"], "memory", {2: d})  # lost through the packed rows' gathers
     _fix_dims(paths["decoder_first"], "logits", {1: 1, 2: codebook})
     _fix_dims(paths["decoder_first"], "present", {1: 1, 2: entries, 3: 1, 4: d})
     _fix_dims(paths["decoder_first"], "cross_kv", {1: entries, 2: heads, 4: d // heads})

@@ -77,6 +77,36 @@ def test_item_table_matches_pytorch_greedy_codes(tiny_export):
     np.testing.assert_allclose(np.linalg.norm(bundle.item_vectors, axis=1), 1.0, atol=2e-3)
 
 
+def test_exported_encoder_packs_out_the_padding(tiny_export):
+    """The encoder graph runs its layers on the real tokens only: a padded batch gives the
+    PyTorch encoder's states on every token, zeros at the padding, and each text the states
+    it gets alone."""
+    import torch
+
+    from service.onnx_model import OnnxIndexer
+    from service.tokenizer import BundleTokenizer
+    from training.indexer.checkpoint import load_checkpoint
+
+    bundle = load_bundle(tiny_export["bundle"])
+    onnx = OnnxIndexer(bundle.graph_paths, threads=1)
+    tok = BundleTokenizer(bundle.file("tokenizer.json"), bundle.tokenizer)
+    texts = ["cordless drill", "kitchen faucet with a pull down sprayer, brushed nickel", "led"]
+    ids, mask = tok.queries(texts)
+    assert mask.min() == 0  # some padding to pack out
+    memory = onnx.encode(ids, mask)
+    real = mask.astype(bool)
+    assert not memory[~real].any()
+    model = load_checkpoint(tiny_export["checkpoint"])[0]
+    with torch.no_grad():
+        t_ids, t_mask = torch.from_numpy(ids), torch.from_numpy(mask)
+        ref = model.encode(model.lower_states(t_ids, t_mask), t_mask).numpy()
+    np.testing.assert_allclose(memory[real], ref[real], atol=1e-5)
+    for q in range(len(texts)):
+        n = int(mask[q].sum())
+        alone = onnx.encode(ids[q : q + 1, :n], mask[q : q + 1, :n])
+        np.testing.assert_allclose(alone[0], memory[q, :n], rtol=0, atol=1e-6)
+
+
 def test_beam_parity_over_a_full_trie(tiny_export):
     """The catalog of a random model uses few paths; check beams where every path exists."""
     from export.item_table import assign_items
