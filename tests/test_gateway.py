@@ -597,6 +597,18 @@ def test_lone_sessions_have_more_threads_and_give_the_same_answers(bundle_dir, m
     assert embedded.EmbeddedBackend(bundle, threads=1, lone_threads=4).lone is None
 
 
+def test_usable_cpus_follow_the_affinity_mask_or_else_the_cpu_count(monkeypatch):
+    import os
+
+    from service.backends.embedded import usable_cpus
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 3, 5}, raising=False)
+    assert usable_cpus() == 3
+    monkeypatch.delattr(os, "sched_getaffinity")  # as on macOS
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert usable_cpus() == 8
+
+
 @pytest.mark.parametrize(
     ("cpus", "lone_threads", "counted"), [(2, 2, 1.0), (2, 1, 0.0), (1, 2, 0.0)]
 )

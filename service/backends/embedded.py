@@ -10,8 +10,11 @@ from service.onnx_model import OnnxIndexer
 
 
 def usable_cpus() -> int:
-    """The CPUs this process may run on (its affinity mask, which containers' cpusets set)."""
-    return len(os.sched_getaffinity(0))
+    """The CPUs this process may run on (its affinity mask, which containers' cpusets set;
+    where the OS has no affinity call, e.g. macOS, every CPU)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 class EmbeddedBackend(OnnxIndexer):
