@@ -199,7 +199,7 @@ def main() -> int:
     if args.queries and not args.queries.is_file():
         p.error(f"{args.queries}: no such query file")
     bundle = args.bundle.resolve()
-    for b in [bundle, *(variant_bundle(v, bundle) for v in variants)]:
+    for b in dict.fromkeys(variant_bundle(v, bundle) for v in variants):  # the ones served
         if not (b / "manifest.json").is_file():
             p.error(f"{b}: not a bundle directory (no manifest.json)")
     started = time.perf_counter()
