@@ -75,7 +75,9 @@ def _packed_bert_layer(
     att = layer.attention.self
     heads, size = att.num_attention_heads, att.attention_head_size
     b, s = bias.shape[0], bias.shape[-1]
-    qkv = _to_grid(torch.cat([att.query(x), att.key(x), att.value(x)], 1), grid)
+    projections = (att.query, att.key, att.value)  # as one product over the packed rows
+    weight = torch.cat([f.weight for f in projections])
+    qkv = _to_grid(F.linear(x, weight, torch.cat([f.bias for f in projections])), grid)
     q, k, v = qkv.reshape(b, s, 3, heads, size).permute(2, 0, 3, 1, 4).unbind(0)
     weights = torch.softmax(torch.matmul(q, k.transpose(2, 3)) * att.scaling + bias, dim=-1)
     ctx = torch.matmul(weights, v).permute(0, 2, 1, 3).reshape(b * s, heads * size)
