@@ -199,7 +199,9 @@ def main() -> int:
     if args.queries and not args.queries.is_file():
         p.error(f"{args.queries}: no such query file")
     bundle = args.bundle.resolve()
-    for b in dict.fromkeys(variant_bundle(v, bundle) for v in variants):  # the ones served
+    bundles = {v.label: variant_bundle(v, bundle) for v in variants}
+    served = list(dict.fromkeys(bundles.values()))
+    for b in served:
         if not (b / "manifest.json").is_file():
             p.error(f"{b}: not a bundle directory (no manifest.json)")
     started = time.perf_counter()
@@ -212,8 +214,7 @@ def main() -> int:
         else:
             queries = write_lines(work / "queries.txt", dev_queries(args.data)[0])
         redis_url = stack.enter_context(running_redis(redis_binary()))
-        bundles = {v.label: variant_bundle(v, bundle) for v in variants}
-        for b in dict.fromkeys(bundles.values()):  # each model version in its own namespace
+        for b in served:  # each model version in its own namespace
             load_items(b, redis_url)
         gateways: dict[str, GatewayProcess] = {}
         for v in variants:

@@ -572,7 +572,6 @@ def test_bad_relevance_input_is_422(client, body, field):
 
 def test_lone_sessions_have_more_threads_and_give_the_same_answers(bundle_dir, monkeypatch):
     from service.backends import embedded
-    from service.query_beams import search_beams
 
     bundle = load_bundle(bundle_dir)
     monkeypatch.setattr(embedded, "usable_cpus", lambda: 4)
