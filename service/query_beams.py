@@ -74,11 +74,15 @@ class CachedSteps:
         else:
             assert self._keys is not None and self._where is not None
             assert self._present is not None and self._cross_kv is not None
-            queries, inverse, counts = np.unique(rows, return_inverse=True, return_counts=True)
-            order = np.argsort(inverse, kind="stable")
-            starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-            slot = np.empty(len(rows), dtype=np.int64)
-            slot[order] = np.arange(len(rows)) - starts[inverse[order]]
+            # rows come query-major (ascending): each query's rows are one run
+            steps = np.diff(rows)
+            if (steps < 0).any():
+                raise ValueError("rows must come query-major (ascending query)")
+            starts = np.concatenate([[0], np.flatnonzero(steps) + 1])
+            queries = rows[starts]
+            counts = np.concatenate([starts[1:], [len(rows)]]) - starts
+            inverse = np.repeat(np.arange(len(queries)), counts)
+            slot = np.arange(len(rows)) - starts[inverse]
             width = int(counts.max())
             place = inverse * width + slot  # the row's flat place in this call's grid
             parent = np.searchsorted(self._keys, _keys(rows, prefix, level - 1, self.radix))

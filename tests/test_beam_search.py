@@ -178,12 +178,15 @@ def test_memory_per_item_is_reported_and_plausible():
 # --- beam search ------------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["dense", "sparse", "auto"])
+@pytest.fixture(params=["dense", "dense-sorted", "sparse", "auto"])
 def candidates(request, monkeypatch):
-    """Run a test with every level scored on the dense masked grid, on the list of allowed
-    candidates, or as chosen by size (tiny tries here mostly pick dense)."""
-    fraction = {"dense": 0.0, "sparse": 1.0, "auto": beam_search_module.SPARSE_FRACTION}
-    monkeypatch.setattr(beam_search_module, "SPARSE_FRACTION", fraction[request.param])
+    """Run a test with every level scored on the dense masked grid (its top-k by the argmax
+    loop, or by sorting), on the list of allowed candidates, or as chosen by size (tiny tries
+    here mostly pick dense, and sort)."""
+    fraction = {"sparse": 1.0, "auto": beam_search_module.SPARSE_FRACTION}
+    sort_max = {"dense": 0, "dense-sorted": 10**9, "auto": beam_search_module.SORT_TOP_K_MAX}
+    monkeypatch.setattr(beam_search_module, "SPARSE_FRACTION", fraction.get(request.param, 0.0))
+    monkeypatch.setattr(beam_search_module, "SORT_TOP_K_MAX", sort_max.get(request.param, 0))
     return request.param
 
 

@@ -71,6 +71,17 @@ def test_cached_search_equals_the_row_wise_search(seed: int, beam: int) -> None:
     np.testing.assert_array_equal(got.scores, want.scores)
 
 
+def assert_cached_search_equals(want, logits: Logits, trie: CompactTrie, batch: int, beam: int):
+    """The cached search over `CachedFake` gives exactly the row-wise search's `want`."""
+    fake = CachedFake(logits, trie.levels)
+    memory = np.zeros((batch, 3, 8), dtype=np.float32)
+    memory[:, 0, 0] = np.arange(batch)
+    got = beams_for_memory(fake, memory, np.ones((batch, 3), dtype=np.int64), trie, beam)
+    np.testing.assert_array_equal(got.counts, want.counts)
+    np.testing.assert_array_equal(got.paths, want.paths)
+    np.testing.assert_array_equal(got.scores, want.scores)
+
+
 def test_queries_with_different_numbers_of_live_beams() -> None:
     """Candidates with a non-finite score are dropped, so a query whose logits rule out most
     codes keeps fewer live beams than the others: the next level's grid is ragged, and its
@@ -86,10 +97,34 @@ def test_queries_with_different_numbers_of_live_beams() -> None:
     logits.base[2][1, 1:] = -np.inf  # query 1 too, but from four beams
     want = beam_search(logits, trie, batch, beam, len(sizes))
     assert list(want.counts) == [2, beam, beam]
-    fake = CachedFake(logits, len(sizes))
-    memory = np.zeros((batch, 3, 8), dtype=np.float32)
-    memory[:, 0, 0] = np.arange(batch)
-    got = beams_for_memory(fake, memory, np.ones((batch, 3), dtype=np.int64), trie, beam)
-    np.testing.assert_array_equal(got.counts, want.counts)
-    np.testing.assert_array_equal(got.paths, want.paths)
-    np.testing.assert_array_equal(got.scores, want.scores)
+    assert_cached_search_equals(want, logits, trie, batch, beam)
+
+
+def test_a_query_without_live_beams_drops_out_of_later_calls() -> None:
+    """A query whose every candidate is ruled out at level 1 has no rows at level 2: the
+    decoder grid holds only the others, and each still reads its own caches."""
+    rng = np.random.default_rng(3)
+    sizes, batch, beam = [4, 5, 3], 4, 3
+    codes = np.array([[a, b, c] for a in range(4) for b in range(5) for c in range(3)])
+    trie = CompactTrie.from_codes(codes, sizes)
+    logits = Logits(rng, batch, sizes)
+    logits.base[1][1, :] = -np.inf  # query 1 dies at level 1
+    want = beam_search(logits, trie, batch, beam, len(sizes))
+    assert list(want.counts) == [beam, 0, beam, beam]
+    assert_cached_search_equals(want, logits, trie, batch, beam)
+    cached_level2 = [rows for level, rows, _ in logits.calls if level == 2][-1]
+    assert cached_level2.tolist() == [0, 0, 0, 2, 2, 2, 3, 3, 3]  # no row of query 1
+
+
+def test_rows_out_of_query_order_are_refused() -> None:
+    from service.query_beams import CachedSteps
+
+    rng = np.random.default_rng(0)
+    logits = Logits(rng, 2, [3, 3])
+    fake = CachedFake(logits, 2)
+    memory = np.zeros((2, 3, 8), dtype=np.float32)
+    memory[:, 0, 0] = [0, 1]
+    step = CachedSteps(fake, memory, np.ones((2, 3), dtype=np.int64), radix=3)
+    step(0, np.arange(2), np.zeros((2, 2), dtype=np.int64))
+    with pytest.raises(ValueError, match="query-major"):
+        step(1, np.array([1, 0]), np.zeros((2, 2), dtype=np.int64))
