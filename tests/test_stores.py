@@ -704,6 +704,16 @@ def test_parse_sids_reads_every_code_and_rejects_anything_else() -> None:
             parse_sids(bad, 4)
 
 
+def test_split_entries_reads_the_ranking_scripts_reply() -> None:
+    from service.stores.redis_store import split_entries
+
+    ids, sids = split_entries("12-5-201-0|A1\n0-0-0-17|B|2\n3-3-3-0|")
+    assert ids == ["A1", "B|2", ""] and sids == "12-5-201-0,0-0-0-17,3-3-3-0"
+    assert split_entries("") == ([], "")
+    with pytest.raises(ValueError, match="sid\\|id"):
+        split_entries("12-5-201-0|A1\n0-0-0-17")
+
+
 def test_parse_sid_text_reads_the_ranking_scripts_reply() -> None:
     from service.stores.base import parse_sid_text
 
