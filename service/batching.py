@@ -9,7 +9,8 @@ is padded to its longest, and in first-come batches of 8 dev queries a third of 
 padding. While workers are busy, new jobs queue up and form the next batch, so batches grow
 with load by themselves; `max_wait_s` optionally holds a lone job back for company. With
 several workers (each running ONNX Runtime single-threaded by default) batches run side by
-side: small graphs use cores better that way than with intra-op threads. A batch that runs
+side: small graphs use cores better that way than with intra-op threads; on Linux the worker
+threads run `worker_nice` steps below the event loop's priority. A batch that runs
 alone (no other batch in flight, no job left queued) goes to the `lone` model instead, when
 there is one: the same graphs on more intra-op threads, so a lone query does not leave the
 other cores idle. Queue depth, batch sizes and lone batches go to Prometheus.
@@ -19,6 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import os
+import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -36,6 +40,23 @@ from service.tokenizer import pad_rows
 from service.trie import CompactTrie
 
 T = TypeVar("T")
+log = logging.getLogger("sidserve.batching")
+
+
+def lower_thread_priority(increment: int) -> int | None:
+    """Raise the calling thread's niceness by `increment` (capped at 19); returns the new
+    niceness, or None when nothing changed: `increment` 0, an OS where the niceness belongs to
+    the whole process rather than to a thread (Linux alone gives each thread its own), or a
+    refusal (logged)."""
+    if increment <= 0 or not sys.platform.startswith("linux"):
+        return None
+    try:
+        current = os.getpriority(os.PRIO_PROCESS, 0)  # on Linux, 0 = the calling thread
+        os.setpriority(os.PRIO_PROCESS, 0, min(19, current + increment))
+        return os.getpriority(os.PRIO_PROCESS, 0)
+    except OSError as exc:
+        log.warning("could not lower an inference worker's priority by %d: %s", increment, exc)
+        return None
 
 
 class Beams(NamedTuple):
@@ -71,6 +92,7 @@ class QueryBatcher:
         workers: int = 1,
         length_window: int = 0,
         lone: Model | None = None,
+        worker_nice: int = 0,
     ):
         self.backend, self.trie, self.metrics, self.pad_id = backend, trie, metrics, pad_id
         self.lone = lone
@@ -79,7 +101,14 @@ class QueryBatcher:
         self._queue: deque[_Job] = deque()
         self._wake = asyncio.Event()
         self.workers = workers
-        self._executor = ThreadPoolExecutor(workers, thread_name_prefix="sidserve-infer")
+        # the worker threads run at a lower priority than the event loop (`worker_nice`), so the
+        # loop, which hands them their batches and answers the requests, is not kept waiting
+        self._executor = ThreadPoolExecutor(
+            workers,
+            thread_name_prefix="sidserve-infer",
+            initializer=lower_thread_priority,
+            initargs=(worker_nice,),
+        )
         self._owner: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
 

@@ -103,6 +103,7 @@ class SidService:
             workers=settings.workers,
             length_window=settings.batch_length_window,
             lone=backend.lone,
+            worker_nice=settings.worker_nice,
         )
         self._trie_lock = asyncio.Lock()
         self.metrics.model.info(

@@ -56,6 +56,13 @@ class Settings(BaseSettings):
     )
     queue_limit: int = Field(1024, ge=1, description="queued queries before 503")
     workers: int = Field(2, ge=1, description="batches run side by side (worker threads)")
+    worker_nice: int = Field(
+        5,
+        ge=0,
+        le=19,
+        description="niceness the worker threads add to their own (Linux; 0 = off): the event "
+        "loop, which feeds them batches and answers requests, gets the CPU before them",
+    )
     onnx_threads: int = Field(
         1, ge=0, description="ONNX Runtime intra-op threads per call (0 = one per core)"
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 
 import numpy as np
 import pytest
@@ -131,3 +132,46 @@ def test_a_batch_that_runs_alone_goes_to_the_lone_model_and_side_by_side_batches
     assert used[3] is main
     lone_batches = b.metrics.registry.get_sample_value("sidserve_lone_batches_total")
     assert lone_batches == sum(m is lone for m in used) >= (2 if with_lone else 0)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness is Linux's")
+def test_worker_threads_run_below_the_event_loops_priority():
+    import os
+    import threading
+
+    from service.batching import Beams
+
+    seen: list[tuple[int, int]] = []
+    b = QueryBatcher(
+        backend=object(),  # type: ignore[arg-type]  # _compute is replaced below
+        trie=None,  # type: ignore[arg-type]
+        metrics=Metrics(),
+        pad_id=0,
+        worker_nice=3,
+    )
+
+    def compute(rows, beam, model):
+        seen.append((threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0)))
+        return [Beams(np.zeros((1, 2)), np.zeros(1), np.zeros(3)) for _ in rows]
+
+    b._compute = compute  # type: ignore[method-assign]
+
+    async def run() -> int:
+        b.start()
+        try:
+            await b.search([np.arange(3)], 10)
+            return os.getpriority(os.PRIO_PROCESS, 0)  # the event loop's thread
+        finally:
+            await b.stop()
+
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    loop_nice = asyncio.run(run())
+    [(worker, nice)] = seen
+    assert worker != threading.get_native_id()
+    assert loop_nice == base and nice == min(19, base + 3)
+
+
+def test_lower_thread_priority_does_nothing_for_zero():
+    from service.batching import lower_thread_priority
+
+    assert lower_thread_priority(0) is None
