@@ -23,6 +23,7 @@ def run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from service.app import create_app
+    from service.http_protocol import coalescing_protocol
     from service.settings import load_settings, unknown_variables
 
     for line in unknown_variables(os.environ):
@@ -45,7 +46,15 @@ def run(args: argparse.Namespace) -> int:
         problems = "; ".join(f"{_variable(e['loc'])}: {e['msg']}" for e in exc.errors())
         raise ValueError(f"bad settings: {problems} (see docs/gateway.md#settings)") from exc
     app = create_app(settings)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", access_log=False)
+    http = coalescing_protocol() or "auto"  # one socket write per response where it can
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        access_log=False,
+        http=http,  # type: ignore[arg-type]
+    )
     return 0
 
 
