@@ -95,8 +95,9 @@ def beam_search(step: Step, trie: CompactTrie, batch: int, beam: int, levels: in
     scores = np.zeros((batch, 1))  # one live slot per query: the empty prefix at the root
     nodes = np.full((batch, 1), trie.root, dtype=np.int64)
     prefix = np.zeros((batch, 1, levels), dtype=np.int64)
-    query = np.arange(batch)[:, None]  # fancy indexing by (query, parent slot): per level, a
-    # few numpy calls fewer than take_along_axis, which matters for a lone query
+    # beams are taken by (query, parent slot) fancy indexing: a few numpy calls fewer per level
+    # than take_along_axis, which matters for a lone query
+    query = np.arange(batch)[:, None]
     for level in range(levels):
         scores, flat = _level(step, trie, level, scores, nodes, prefix, beam)
         parent, code = np.divmod(flat, trie.codebook_sizes[level])

@@ -36,9 +36,9 @@ class SidRows:
         if len(table) and table.min() >= 0:
             top = table.max(axis=0).astype(np.int64)
             bits = np.array([max(1, int(v).bit_length()) for v in top], dtype=np.int64)
-            if bits.sum() <= PACKED_BITS:
+            if bits.sum() <= PACKED_BITS:  # column j sits above the bits of the columns after it
                 self._max = top
-                self._shifts = np.concatenate([np.cumsum(bits[::-1])[::-1][1:], [0]])
+                self._shifts = np.array([bits[j + 1 :].sum() for j in range(self.width)])
         keys = self._keys(table)
         self._order = np.argsort(keys, kind="stable")
         self._sorted = keys[self._order]
