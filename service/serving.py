@@ -238,6 +238,7 @@ class SidService:
                     logp,
                     c.item_ids,
                     c.sids,
+                    c.sid_texts,
                     self._similarity(b.vector, c.sids, c.vectors),
                     order,
                     req.candidates,
@@ -283,6 +284,7 @@ class SidService:
         logp: np.ndarray,
         ids: list[str],
         sids: np.ndarray,
+        sid_texts: list[str] | None,
         similarity: np.ndarray,
         order_by: str,
         limit: int,
@@ -303,11 +305,15 @@ class SidService:
         f = prefix_features(paths, logp, picked) if pool is None else pool.rows(order)
         depth, best, score = f.depth.tolist(), f.max_depth.tolist(), f.score.tolist()
         rank, lp = f.best_rank.tolist(), f.best_log_prob.tolist()
-        sim, rows = similarity[order].tolist(), picked.tolist()
+        sim, picks = similarity[order].tolist(), order.tolist()
+        if sid_texts is None:
+            texts = [format_sid(row) for row in picked.tolist()]
+        else:  # the store's strings, written by format_sid
+            texts = [sid_texts[n] for n in picks]
         return [
             {
                 "item_id": ids[n],
-                "sid": format_sid(rows[k]),
+                "sid": texts[k],
                 "matched_depth": depth[k],
                 "max_depth": best[k],
                 "prefix_score": score[k],
@@ -315,7 +321,7 @@ class SidService:
                 "best_log_prob": lp[k] if rank[k] >= 0 else None,
                 "similarity": None if sim[k] != sim[k] else sim[k],  # NaN: no vector
             }
-            for k, n in enumerate(order.tolist())
+            for k, n in enumerate(picks)
         ]
 
     async def relevance(self, req: p.RelevanceRequest) -> p.RelevanceResponse:

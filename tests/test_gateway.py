@@ -134,7 +134,13 @@ def test_candidate_orders_on_a_pool_of_several_depths():
     similarity = np.array([0.2, 0.5, 0.9, np.nan, 0.2])
 
     def ranked(order: str, limit: int = 10) -> list[str]:
-        rows = SidService._candidates(paths, logp, ids, sids, similarity, order, limit)
+        rows = SidService._candidates(paths, logp, ids, sids, None, similarity, order, limit)
+        assert [c["sid"] for c in rows] == [format_sid(sids[ids.index(c["item_id"])]) for c in rows]
+        # where the store has the SID strings, each row carries its item's, not a new one
+        texts = [f"text-of-{i}" for i in ids]
+        given = SidService._candidates(paths, logp, ids, sids, texts, similarity, order, limit)
+        assert [c["sid"] for c in given] == [f"text-of-{c['item_id']}" for c in rows]
+        assert [{**c, "sid": None} for c in given] == [{**c, "sid": None} for c in rows]
         return [c["item_id"] for c in rows]
 
     # ties (d3, d3b) keep the store's beam order

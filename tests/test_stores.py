@@ -24,6 +24,7 @@ from service.stores.base import SidStore, StoreUnavailable
 from service.stores.memory import MemoryStore
 from service.stores.redis_store import ACTIVE_KEY, Keys, RedisStore
 from sidserve.cli import main as sidserve_main
+from sidserve.sids import format_sid
 
 ODD_IDS = ["a|b", "ü-1", "x y", "-", "p:1", "*"]  # ids the key/entry encodings must survive
 
@@ -248,9 +249,12 @@ def test_candidates_many_is_candidates_per_query(backend: Backend) -> None:
         assert len(many) == len(queries)
         for beams, found in zip(queries, many, strict=True):
             one = await store.candidates(beams, 9, 1)
-            ids_many, sids_many, vectors = found  # unpacks as (item_ids, sids, vectors)
+            ids_many, sids_many, vectors, texts = found  # (item_ids, sids, vectors, sid_texts)
             assert ids_many == one.item_ids and vectors == one.vectors == {}
             np.testing.assert_array_equal(sids_many, one.sids)
+            assert (texts or []) == (one.sid_texts or [])  # None: the store has no strings
+            if texts is not None:  # the store read them as strings: format_sid's of the SIDs
+                assert texts == [format_sid(row) for row in sids_many.tolist()]
         assert await store.candidates_many([], 5) == []
 
     backend.run(ids, sids, body)
@@ -708,8 +712,12 @@ def test_split_entries_reads_the_ranking_scripts_reply() -> None:
     from service.stores.redis_store import split_entries
 
     ids, sids = split_entries("12-5-201-0|A1\n0-0-0-17|B|2\n3-3-3-0|")
-    assert ids == ["A1", "B|2", ""] and sids == "12-5-201-0,0-0-0-17,3-3-3-0"
-    assert split_entries("") == ([], "")
+    assert ids == ["A1", "B|2", ""] and sids == ["12-5-201-0", "0-0-0-17", "3-3-3-0"]
+    # without a bar in any id: the one-split path
+    ids, sids = split_entries("12-5-201-0|A1\n0-0-0-17|\n3-3-3-0|C")
+    assert ids == ["A1", "", "C"] and sids == ["12-5-201-0", "0-0-0-17", "3-3-3-0"]
+    assert split_entries("1-2|x") == (["x"], ["1-2"])
+    assert split_entries("") == ([], [])
     with pytest.raises(ValueError, match="sid\\|id"):
         split_entries("12-5-201-0|A1\n0-0-0-17")
 

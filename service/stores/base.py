@@ -64,12 +64,15 @@ NO_VECTORS: Vectors = MappingProxyType({})
 
 
 class Candidates(NamedTuple):
-    """Ranked items of one query: ids and their full SIDs (n, L+1) int32, best first, and
-    the upserted vectors among them by position (items of the bundle's table have none)."""
+    """Ranked items of one query: ids and their full SIDs (n, L+1) int32, best first, the
+    upserted vectors among them by position (items of the bundle's table have none), and
+    the SIDs' string form (`format_sid`) where the store read them as strings (Redis), so
+    that the gateway need not format them again; None where it did not (in process)."""
 
     item_ids: list[str]
     sids: np.ndarray
     vectors: Vectors = NO_VECTORS
+    sid_texts: list[str] | None = None
 
     @classmethod
     def empty(cls, levels: int) -> Candidates:
