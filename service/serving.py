@@ -4,6 +4,7 @@ prefix-match features. Routes (`api_router.py`) only translate HTTP to these cal
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable
@@ -83,13 +84,20 @@ class SidService:
         store: SidStore,
         metrics: Metrics | None = None,
     ):
+        self.vectors: np.ndarray | None = None  # (N, D) float32, the items' in SID order
+        self._vector_rows: SidRows | None = None  # full SID -> row of `vectors`
+        if bundle.item_vectors is not None:
+            # A query's candidates come in runs that share a prefix, so in SID order their
+            # vectors are read in runs too: 500 of them from an evicted cache took 160 rather
+            # than 240 us. The bundle is kept without its copy in item order.
+            order = np.lexsort(bundle.item_sids.T[::-1])
+            self.vectors = bundle.item_vectors[order]
+            self._vector_rows = SidRows(bundle.item_sids[order])
+            bundle = dataclasses.replace(bundle, item_vectors=None)
         self.settings, self.bundle, self.backend, self.store = settings, bundle, backend, store
         self.metrics = metrics or Metrics()
         self.levels = bundle.levels
         self.tokenizer = BundleTokenizer(bundle.file(bundle.tokenizer.file), bundle.tokenizer)
-        self.vectors = bundle.item_vectors  # (N, D) float32 or None
-        # full SID -> row of `vectors` (only needed when there are vectors)
-        self._vector_rows = None if self.vectors is None else SidRows(bundle.item_sids)
         self._paths = np.unique(bundle.semantic_sids, axis=0)
         trie = CompactTrie.from_codes(self._paths, bundle.codebook_sizes)
         self.batcher = QueryBatcher(
@@ -267,13 +275,16 @@ class SidService:
         position), else the bundle's while the item still holds its bundle SID (a SID is
         never reused, `sid_rows`). Both are read through the store, so every replica sees the
         same vector."""
-        out = np.full(len(sids), np.nan)
-        if self._vector_rows is None or not len(sids):
-            return out
+        if self._vector_rows is None or self.vectors is None or not len(sids):
+            return np.full(len(sids), np.nan)
         rows = self._vector_rows.find(sids)
         known = rows >= 0
         known[list(stored)] = False
-        out[known] = self.vectors[rows[known]] @ query
+        if known.all():  # the usual case: no mask to apply
+            out = (self.vectors.take(rows, axis=0) @ query).astype(np.float64)
+        else:
+            out = np.full(len(sids), np.nan)
+            out[known] = self.vectors[rows[known]] @ query
         for k, vector in stored.items():
             out[k] = float(vector @ query)
         return out
