@@ -22,8 +22,9 @@ import numpy as np
 
 from service.trie import CompactTrie
 
-# step(level, rows (R,) query of each row, prefix (R, levels) codes so far) -> (R, K_level) logits
-Step = Callable[[int, np.ndarray, np.ndarray], np.ndarray]
+# step(level, rows (R,) query of each row, prefix (R, levels) codes so far, parents (R,) each
+# row's index among the rows of the previous call, None at level 0) -> (R, K_level) logits
+Step = Callable[[int, np.ndarray, np.ndarray, np.ndarray | None], np.ndarray]
 
 _PENALTY = np.array([-np.inf, 0.0])  # indexed by "is allowed"
 
@@ -95,17 +96,24 @@ def beam_search(step: Step, trie: CompactTrie, batch: int, beam: int, levels: in
     scores = np.zeros((batch, 1))  # one live slot per query: the empty prefix at the root
     nodes = np.full((batch, 1), trie.root, dtype=np.int64)
     prefix = np.zeros((batch, 1, levels), dtype=np.int64)
+    origin = None  # per slot of the grid: its parent's row in the last step call
     # beams are taken by (query, parent slot) fancy indexing: a few numpy calls fewer per level
     # than take_along_axis, which matters for a lone query
     query = np.arange(batch)[:, None]
     for level in range(levels):
-        scores, flat = _level(step, trie, level, scores, nodes, prefix, beam)
+        slots = scores.shape[1]
+        scores, flat, called, kids = _level(step, trie, level, scores, nodes, prefix, beam, origin)
         parent, code = np.divmod(flat, trie.codebook_sizes[level])
         live = np.isfinite(scores)
         prefix = prefix[query, parent]
         prefix[:, :, level] = np.where(live, code, 0)
-        if level + 1 < levels:  # the nodes are only needed to expand the next level
-            nodes = np.where(live, trie.child(level, nodes[query, parent], code), -1)
+        if level + 1 < levels:  # the nodes and parents are only needed for the next level
+            if kids is None:
+                kids = trie.child(level, nodes[query, parent], code)
+            nodes = np.where(live, kids, -1)
+            row = np.zeros(batch * slots, dtype=np.int64)  # a dead slot's row is never read
+            row[called] = np.arange(len(called))
+            origin = row[query * slots + parent]
     live = np.isfinite(scores)
     prefix[~live] = 0
     return BeamResult(prefix, scores, live.sum(axis=1))
@@ -124,17 +132,22 @@ def _level(
     nodes: np.ndarray,
     prefix: np.ndarray,
     beam: int,
-) -> tuple[np.ndarray, np.ndarray]:
+    origin: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
     """One decoder call and the new beams: (scores, flat index slot * K + code), each
-    (batch, min(beam, slots * K)), best first, -inf where a query has no more candidates."""
+    (batch, min(beam, slots * K)), best first, -inf where a query has no more candidates;
+    the flat slots the step was called for; and each new beam's trie node where the sparse
+    path had them at hand (else None)."""
     batch, slots = scores.shape
     k = trie.codebook_sizes[level]
     width = min(beam, slots * k)
     live = np.flatnonzero(np.isfinite(scores.ravel()))
     if len(live) == 0:  # nothing left to expand (batch 0): spare the decoder an empty call
-        return np.full((batch, width), -np.inf), np.zeros((batch, width), dtype=np.int64)
+        empty = np.full((batch, width), -np.inf), np.zeros((batch, width), dtype=np.int64)
+        return *empty, live, None
     rows = live // slots
-    logits = np.asarray(step(level, rows, prefix.reshape(batch * slots, -1)[live]))
+    parents = None if origin is None else origin.ravel()[live]
+    logits = np.asarray(step(level, rows, prefix.reshape(batch * slots, -1)[live], parents))
     if logits.shape != (len(live), k):
         raise ValueError(f"step({level}) returned {logits.shape}, expected {(len(live), k)}")
     x, lse, bad = _normaliser(logits)
@@ -146,7 +159,7 @@ def _level(
             grid = np.full((batch * slots, k), -np.inf)
             grid[live] = cand
             cand = grid
-        return _top_k(cand.reshape(batch, slots * k), width)
+        return *_top_k(cand.reshape(batch, slots * k), width), live, None
     # sparse: score only the allowed (row, code) pairs, with the same float operations
     owner, child = trie.all_children(level, live_nodes)
     code = trie.codes[level][child].astype(np.int64)
@@ -155,7 +168,8 @@ def _level(
     cand[bad[owner]] = -np.inf
     cand += live_scores[owner]
     flat = (live % slots)[owner] * k + code
-    return _sparse_top_k(cand, rows[owner], flat, batch, width)
+    top, top_flat, kids = _sparse_top_k(cand, rows[owner], flat, child, batch, width)
+    return top, top_flat, live, kids
 
 
 def _dense_candidates(
@@ -212,15 +226,20 @@ def _top_k(cand: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _sparse_top_k(
-    cand: np.ndarray, query: np.ndarray, flat: np.ndarray, batch: int, width: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """`_top_k` for candidates given as lists grouped by query in ascending flat index."""
+    cand: np.ndarray, query: np.ndarray, flat: np.ndarray, node: np.ndarray, batch: int, width: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`_top_k` for candidates given as lists grouped by query in ascending flat index, each
+    with its trie `node`; also the node of every kept candidate (-1 past them)."""
     order = np.lexsort((-cand, query))  # stable: equal scores keep ascending flat index
-    query, cand, flat = query[order], cand[order], flat[order]
+    query, cand = query[order], cand[order]
     rank = np.arange(len(order)) - np.searchsorted(query, query)
     keep = (rank < width) & (cand > -np.inf)
+    at = query[keep], rank[keep]
+    kept = order[keep]
     scores = np.full((batch, width), -np.inf)
     out = np.zeros((batch, width), dtype=np.int64)
-    scores[query[keep], rank[keep]] = cand[keep]
-    out[query[keep], rank[keep]] = flat[keep]
-    return scores, out
+    nodes = np.full((batch, width), -1, dtype=np.int64)
+    scores[at] = cand[keep]
+    out[at] = flat[kept]
+    nodes[at] = node[kept]
+    return scores, out, nodes

@@ -34,14 +34,6 @@ class Decoder(Protocol):
         ...
 
 
-def _keys(rows: np.ndarray, prefix: np.ndarray, depth: int, radix: int) -> np.ndarray:
-    """One int64 per (query, first `depth` codes): finds a row's parent beam."""
-    key = rows.astype(np.int64)
-    for j in range(depth):
-        key = key * radix + prefix[:, j]
-    return key
-
-
 def _rows(array: np.ndarray, queries: np.ndarray) -> np.ndarray:
     """array[queries], without the copy when every query is still there (the usual case)."""
     return array if len(queries) == len(array) else array[queries]
@@ -54,25 +46,25 @@ class CachedSteps:
     query's cross-attention keys and values, which every later level reads instead. Later
     levels' rows (R,) of query q with prefixes (R, L) become a (queries, W, L) grid, W = most
     live beams of any query (padded slots are computed and dropped). Each row's cache is its
-    parent beam's `present` from the previous level: the row whose query and codes agree with
-    it on every level but the last one chosen.
+    parent beam's `present` from the previous level (the search names each row's parent).
     """
 
-    def __init__(self, decoder: Decoder, memory: np.ndarray, mask: np.ndarray, radix: int):
-        self.decoder, self.memory, self.mask, self.radix = decoder, memory, mask, radix
+    def __init__(self, decoder: Decoder, memory: np.ndarray, mask: np.ndarray):
+        self.decoder, self.memory, self.mask = decoder, memory, mask
         self._cross_kv: np.ndarray | None = None  # (queries, 2N, H, S, D / H) from level 0
-        self._keys: np.ndarray | None = None  # previous level's row keys, sorted
-        self._where: np.ndarray | None = None  # their flat (text * W + slot) place in...
-        self._present: np.ndarray | None = None  # ...the previous call's `present` grid
+        self._where: np.ndarray | None = None  # previous rows' flat (text * W + slot) place in
+        self._present: np.ndarray | None = None  # the previous call's `present` grid
 
-    def __call__(self, level: int, rows: np.ndarray, prefix: np.ndarray) -> np.ndarray:
+    def __call__(
+        self, level: int, rows: np.ndarray, prefix: np.ndarray, parents: np.ndarray | None
+    ) -> np.ndarray:
         if level == 0:
             if not np.array_equal(rows, np.arange(len(self.memory))):
                 raise ValueError("level 0 takes one beam of every query, in order")
             logits, present, self._cross_kv = self.decoder.decode_first(self.memory, self.mask)
             place = np.arange(len(rows))
         else:
-            assert self._keys is not None and self._where is not None
+            assert self._where is not None and parents is not None
             assert self._present is not None and self._cross_kv is not None
             # rows come query-major (ascending): each query's rows are one run
             steps = np.diff(rows)
@@ -85,10 +77,9 @@ class CachedSteps:
             slot = np.arange(len(rows)) - starts[inverse]
             width = int(counts.max())
             place = inverse * width + slot  # the row's flat place in this call's grid
-            parent = np.searchsorted(self._keys, _keys(rows, prefix, level - 1, self.radix))
             # each row's cache straight from its parent's place in the last grid
             cache = self._present.reshape(-1, *self._present.shape[2:])
-            source = self._where[parent]
+            source = self._where[parents]
             cells = len(queries) * width
             if len(rows) == cells and (place == np.arange(cells)).all():
                 # every query has `width` live rows, in order (the usual case): no scatter
@@ -107,16 +98,14 @@ class CachedSteps:
                 levels,
                 past.reshape(len(queries), width, *cache.shape[1:]),
             )
-        keys = _keys(rows, prefix, level, self.radix)
-        sort = np.argsort(keys)
-        self._keys, self._where, self._present = keys[sort], place[sort], present
+        self._where, self._present = place, present
         return logits.reshape(-1, logits.shape[-1])[place]
 
 
 def beams_for_memory(
     decoder: Decoder, memory: np.ndarray, mask: np.ndarray, trie: CompactTrie, beam: int
 ) -> BeamResult:
-    step = CachedSteps(decoder, memory, mask, max(trie.codebook_sizes))
+    step = CachedSteps(decoder, memory, mask)
     return beam_search(step, trie, len(memory), beam, trie.levels)
 
 

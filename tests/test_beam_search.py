@@ -28,10 +28,12 @@ class Logits:
         ]
         if tied:
             self.base = [np.round(rng.random(size=(batch, k)) * 1.6) for k in sizes]
-        self.calls: list[tuple[int, np.ndarray, np.ndarray]] = []
+        self.calls: list[tuple[int, np.ndarray, np.ndarray, np.ndarray | None]] = []
 
-    def __call__(self, level: int, rows: np.ndarray, prefix: np.ndarray) -> np.ndarray:
-        self.calls.append((level, rows.copy(), prefix.copy()))
+    def __call__(
+        self, level: int, rows: np.ndarray, prefix: np.ndarray, parents: np.ndarray | None = None
+    ) -> np.ndarray:
+        self.calls.append((level, rows.copy(), prefix.copy(), parents))
         out = self.base[level][rows].copy()
         if not self.tied:
             for d, table in enumerate(self.mix[level]):
@@ -242,7 +244,7 @@ def test_ties_go_to_the_better_beam_before_the_smaller_path():
     codes = np.array([[0, 0], [1, 0]])
     table = {(): [0.0, 1.0], (0,): [1.0, 0.0], (1,): [0.0, 1.0]}
 
-    def step(level, rows, prefix):
+    def step(level, rows, prefix, parents):
         return np.array([table[tuple(p[:level])] for p in prefix.tolist()], dtype=np.float32)
 
     paths, scores = beam_search(step, CompactTrie.from_codes(codes, [2, 2]), 1, 5, 2)[0]
@@ -262,7 +264,7 @@ def test_all_equal_logits_give_lexicographic_order_and_beam_cut():
     codes = np.array(list(itertools.product(range(3), range(3))))[::-1]
     trie = CompactTrie.from_codes(codes, [3, 3])
 
-    def flat(level, rows, prefix):
+    def flat(level, rows, prefix, parents):
         return np.zeros((len(rows), 3), dtype=np.float32)
 
     paths, scores = beam_search(flat, trie, 2, 4, 2)[1]
@@ -280,12 +282,20 @@ def test_step_is_called_once_per_level_with_every_live_row():
     beam = 4
     result = beam_search(logits, trie, 5, beam, 3)
     assert [c[0] for c in logits.calls] == [0, 1, 2]
-    for level, rows, prefix in logits.calls:
+    last = None
+    for level, rows, prefix, parents in logits.calls:
         assert prefix.shape == (len(rows), 3) and prefix.dtype == np.int64
         assert rows.tolist() == sorted(rows.tolist())  # query-major
         assert np.bincount(rows, minlength=5).tolist() == [1 if level == 0 else beam] * 5
         assert not prefix[:, level:].any()  # later columns are zero
         assert (trie.node_of_path(prefix[:, :level]) >= 0).all()  # prefixes in the catalog
+        if level == 0:
+            assert parents is None
+        else:  # each row's parent: the last call's row of its query and its earlier codes
+            _, last_rows, last_prefix, _ = last
+            np.testing.assert_array_equal(last_rows[parents], rows)
+            np.testing.assert_array_equal(last_prefix[parents], prefix * (np.arange(3) < level - 1))
+        last = level, rows, prefix, parents
     assert result.counts.tolist() == [beam] * 5
 
 
@@ -295,7 +305,7 @@ def test_fewer_paths_than_beam_and_dead_rows():
     trie = CompactTrie.from_codes(codes, [4, 4])
     seen_rows = []
 
-    def step(level, rows, prefix):
+    def step(level, rows, prefix, parents):
         seen_rows.append(rows.copy())
         out = np.zeros((len(rows), 4), dtype=np.float32)
         out[rows == 1, :] = -np.inf  # query 1 has no distribution at all
@@ -338,8 +348,8 @@ def test_batching_does_not_change_a_query_result():
     together = beam_search(logits, trie, 6, 8, 3)
     for q in range(6):
 
-        def alone(level, rows, prefix, q=q):
-            return logits(level, np.full_like(rows, q), prefix)
+        def alone(level, rows, prefix, parents, q=q):
+            return logits(level, np.full_like(rows, q), prefix, parents)
 
         paths, scores = beam_search(alone, trie, 1, 8, 3)[0]
         assert paths.tolist() == together[q][0].tolist()
@@ -349,7 +359,7 @@ def test_batching_does_not_change_a_query_result():
 def test_empty_batch_and_argument_errors():
     trie = CompactTrie.from_codes(np.array([[0, 1]]), [2, 2])
 
-    def step(level, rows, prefix):
+    def step(level, rows, prefix, parents):
         raise AssertionError("no rows: the decoder is not called")
 
     empty = beam_search(step, trie, 0, 3, 2)
@@ -359,7 +369,7 @@ def test_empty_batch_and_argument_errors():
     with pytest.raises(ValueError, match="levels"):
         beam_search(step, trie, 1, 3, 3)
     with pytest.raises(ValueError, match="expected"):
-        beam_search(lambda lv, r, p: np.zeros((len(r), 3), np.float32), trie, 1, 3, 2)
+        beam_search(lambda lv, r, p, parents: np.zeros((len(r), 3), np.float32), trie, 1, 3, 2)
 
 
 def test_log_softmax_is_accurate_and_stable():

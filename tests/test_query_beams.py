@@ -112,7 +112,7 @@ def test_a_query_without_live_beams_drops_out_of_later_calls() -> None:
     want = beam_search(logits, trie, batch, beam, len(sizes))
     assert list(want.counts) == [beam, 0, beam, beam]
     assert_cached_search_equals(want, logits, trie, batch, beam)
-    cached_level2 = [rows for level, rows, _ in logits.calls if level == 2][-1]
+    cached_level2 = [rows for level, rows, *_ in logits.calls if level == 2][-1]
     assert cached_level2.tolist() == [0, 0, 0, 2, 2, 2, 3, 3, 3]  # no row of query 1
 
 
@@ -124,7 +124,7 @@ def test_rows_out_of_query_order_are_refused() -> None:
     fake = CachedFake(logits, 2)
     memory = np.zeros((2, 3, 8), dtype=np.float32)
     memory[:, 0, 0] = [0, 1]
-    step = CachedSteps(fake, memory, np.ones((2, 3), dtype=np.int64), radix=3)
-    step(0, np.arange(2), np.zeros((2, 2), dtype=np.int64))
+    step = CachedSteps(fake, memory, np.ones((2, 3), dtype=np.int64))
+    step(0, np.arange(2), np.zeros((2, 2), dtype=np.int64), None)
     with pytest.raises(ValueError, match="query-major"):
-        step(1, np.array([1, 0]), np.zeros((2, 2), dtype=np.int64))
+        step(1, np.array([1, 0]), np.zeros((2, 2), dtype=np.int64), np.array([1, 0]))
