@@ -18,16 +18,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import logging
     import os
+    import sys
 
     import uvicorn
     from pydantic import ValidationError
 
     from service.app import create_app
     from service.http_protocol import coalescing_protocol
+    from service.huge_pages import huge_page_env
     from service.settings import load_settings, unknown_variables
-
-    for line in unknown_variables(os.environ):
-        logging.getLogger("sidserve.serve").warning("%s", line)
 
     overrides = {
         k: v
@@ -45,6 +44,12 @@ def run(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         problems = "; ".join(f"{_variable(e['loc'])}: {e['msg']}" for e in exc.errors())
         raise ValueError(f"bad settings: {problems} (see docs/gateway.md#settings)") from exc
+    # before anything large is allocated; only a process started for this command restarts
+    env = huge_page_env(os.environ) if settings.huge_pages and args.own_process else None
+    if env is not None:
+        os.execve(sys.executable, sys.orig_argv, env)
+    for line in unknown_variables(os.environ):
+        logging.getLogger("sidserve.serve").warning("%s", line)
     app = create_app(settings)
     http = coalescing_protocol() or "auto"  # one socket write per response where it can
     uvicorn.run(

@@ -63,6 +63,11 @@ class Settings(BaseSettings):
         description="niceness the worker threads add to their own (Linux; 0 = off): the event "
         "loop, which feeds them batches and answers requests, gets the CPU before them",
     )
+    huge_pages: bool = Field(
+        True,
+        description="`sidserve serve` restarts itself once with glibc's malloc tunable for "
+        "transparent huge pages, which then hold the graphs' weights (Linux, glibc)",
+    )
     onnx_threads: int = Field(
         1, ge=0, description="ONNX Runtime intra-op threads per call (0 = one per core)"
     )

@@ -21,6 +21,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    own_process = argv is None  # the process's own command line: a command may restart it
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="sidserve", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -33,6 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if module is not None and name == chosen:
             module.configure(p)
     args = parser.parse_args(argv)  # no known subcommand: argparse prints usage and exits
+    args.own_process = own_process
     assert module is not None
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
