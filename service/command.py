@@ -18,14 +18,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import logging
     import os
-    import sys
 
     import uvicorn
     from pydantic import ValidationError
 
     from service.app import create_app
     from service.http_protocol import coalescing_protocol
-    from service.huge_pages import huge_page_env
+    from service.huge_pages import restart_with_huge_pages
     from service.settings import load_settings, unknown_variables
 
     overrides = {
@@ -45,9 +44,8 @@ def run(args: argparse.Namespace) -> int:
         problems = "; ".join(f"{_variable(e['loc'])}: {e['msg']}" for e in exc.errors())
         raise ValueError(f"bad settings: {problems} (see docs/gateway.md#settings)") from exc
     # before anything large is allocated; only a process started for this command restarts
-    env = huge_page_env(os.environ) if settings.huge_pages and args.own_process else None
-    if env is not None:
-        os.execve(sys.executable, sys.orig_argv, env)
+    if settings.huge_pages and args.own_process:
+        restart_with_huge_pages()
     for line in unknown_variables(os.environ):
         logging.getLogger("sidserve.serve").warning("%s", line)
     app = create_app(settings)

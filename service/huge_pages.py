@@ -12,6 +12,8 @@ So `sidserve serve` restarts itself once with it (`SIDSERVE_HUGE_PAGES`, docs/ga
 
 from __future__ import annotations
 
+import logging
+import os
 import platform
 import sys
 from collections.abc import Mapping
@@ -37,3 +39,20 @@ def huge_page_env(environ: Mapping[str, str], thp_mode: Path = THP_MODE) -> dict
         return None
     wanted = f"{TUNABLE}=1"
     return {**environ, "GLIBC_TUNABLES": f"{current}:{wanted}" if current else wanted}
+
+
+def restart_with_huge_pages(environ: Mapping[str, str] = os.environ) -> None:
+    """Replace this process by the same command line with the tunable set (same process id;
+    does not return), where `huge_page_env` says it would change something. If the restart
+    fails, log why and return: the gateway then serves without huge pages."""
+    env = huge_page_env(environ)
+    if env is None or not sys.executable:
+        return
+    sys.stdout.flush()  # exec drops what Python still buffers
+    sys.stderr.flush()
+    try:
+        os.execve(sys.executable, sys.orig_argv, env)
+    except OSError as exc:
+        logging.getLogger("sidserve.serve").warning(
+            "could not restart with huge pages (%s); serving without them", exc
+        )

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from service import huge_pages
 from service.huge_pages import THP_MODE, huge_page_env
 from service.launcher import running_gateway
 
@@ -45,3 +46,17 @@ def test_the_gateway_process_serves_with_the_tunable_unless_turned_off(tiny_expo
         assert "glibc.malloc.hugetlb=1" in env.get("GLIBC_TUNABLES", "")
     with running_gateway(tiny_export["bundle"], env={"SIDSERVE_HUGE_PAGES": "false"}) as gw:
         assert "glibc.malloc.hugetlb" not in _environ(gw.process.pid).get("GLIBC_TUNABLES", "")
+
+
+def test_a_failed_restart_serves_on_without_huge_pages(monkeypatch, caplog) -> None:
+    calls = []
+
+    def refuse(path, argv, env):
+        calls.append((path, argv, env["GLIBC_TUNABLES"]))
+        raise PermissionError("exec refused")
+
+    monkeypatch.setattr(huge_pages, "huge_page_env", lambda environ: {"GLIBC_TUNABLES": "x=1"})
+    monkeypatch.setattr(huge_pages.os, "execve", refuse)
+    huge_pages.restart_with_huge_pages({})  # returns instead of raising
+    assert calls == [(sys.executable, sys.orig_argv, "x=1")]
+    assert "serving without them" in caplog.text
