@@ -280,11 +280,8 @@ class SidService:
         rows = self._vector_rows.find(sids)
         known = rows >= 0
         known[list(stored)] = False
-        if known.all():  # the usual case: no mask to apply
-            out = (self.vectors.take(rows, axis=0) @ query).astype(np.float64)
-        else:
-            out = np.full(len(sids), np.nan)
-            out[known] = self.vectors[rows[known]] @ query
+        out = (self.vectors.take(np.maximum(rows, 0), axis=0) @ query).astype(np.float64)
+        out[~known] = np.nan
         for k, vector in stored.items():
             out[k] = float(vector @ query)
         return out

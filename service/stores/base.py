@@ -153,7 +153,7 @@ def parse_sids(texts: Sequence[str], width: int) -> np.ndarray:
 
 
 def parse_sid_text(text: str, n: int, width: int) -> np.ndarray:
-    """n SIDs joined by ',' in one string (as the Redis ranking script returns them) ->
+    """n SIDs joined by ',' in one string (`parse_sids` of a Redis reply's SID strings) ->
     (n, width) int32; ValueError as `parse_sids`.
 
     It runs on the event loop for every candidate of a query (500 by default): one C-level

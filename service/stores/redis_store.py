@@ -49,7 +49,6 @@ from service.stores.base import (
     check_vectors,
     fetch_size,
     format_sid,
-    parse_sid_text,
     parse_sids,
     plan_probes,
 )
@@ -300,7 +299,7 @@ class RedisStore:
         out = []
         for entries, vectors in picks:
             ids, texts = split_entries(entries)
-            sids = parse_sid_text(",".join(texts), len(ids), self.levels + 1)
+            sids = parse_sids(texts, self.levels + 1)
             out.append(Candidates(ids, sids, decode_vectors(vectors), texts))
         return out
 
