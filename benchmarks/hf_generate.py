@@ -10,10 +10,18 @@ over the whole vocabulary equals the indexer's log-softmax over the level's code
 processor's -inf mask of codes not in the catalog trie gives the scoring of the gateway and of
 `training.indexer.inference.query_beams`.
 
-Like the gateway's `decoder_step` graph there is no KV cache: each step re-runs the decoder
-over the whole prefix (`use_cache=False`). The encoder runs once per batch of texts, outside
-`generate`, whose `encoder_outputs` argument then skips its own encoding; `generate` repeats
-the encoder states once per beam (the gateway shares them between a text's beams).
+Two ways to run the decoder, both on the same weights:
+- without a cache (`use_cache=False`, the wrapper's first form): each step re-runs the training
+  model's decoder over the whole prefix and projects the encoder states for the
+  cross-attention again;
+- with HF's own cache (`use_cache=True`, an `EncoderDecoderCache` that `generate` creates and
+  reorders between steps): each step runs only the new position, through the very PyTorch
+  modules the bundle's decoder graphs are exported from (`export.graphs`: the first step also
+  projects the cross-attention keys and values once; later steps look the code inputs up in
+  tables), as a competent user of HF would. This is the stronger baseline.
+The encoder runs once per batch of texts, outside `generate`, whose `encoder_outputs` argument
+then skips its own encoding; `generate` repeats the encoder states once per beam (the gateway
+shares them between a text's beams).
 """
 
 from __future__ import annotations
@@ -28,8 +36,10 @@ import torch
 from huggingface_hub.dataclasses import strict
 from torch import nn
 from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
+from transformers.cache_utils import EncoderDecoderCache
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
 
+from export.graphs import DecoderFirstGraph, DecoderStepGraph
 from training.indexer.model import SemanticIndexer
 
 # `generate` seeds beams 1..num_beams-1 with score -1e9 (not -inf) so that step 1 only expands
@@ -46,6 +56,7 @@ class IndexerGenerationConfig(PretrainedConfig):
 
     levels: int = 2
     codebook_size: int = 8
+    num_hidden_layers: int = 1  # decoder layers: the size of `generate`'s key/value cache
     vocab_size: int = 19
     bos_token_id: int | None = 16
     decoder_start_token_id: int | None = 16
@@ -61,6 +72,7 @@ def generation_config_for(indexer: SemanticIndexer) -> IndexerGenerationConfig:
     return IndexerGenerationConfig(
         levels=levels,
         codebook_size=k,
+        num_hidden_layers=len(indexer.decoder.layers),
         vocab_size=bos + 3,
         bos_token_id=bos,
         decoder_start_token_id=bos,
@@ -86,7 +98,8 @@ class _Encoder(nn.Module):
 
 
 class IndexerForGeneration(PreTrainedModel, GenerationMixin):
-    """The indexer's decoder behind HF's generation API (eager PyTorch, no KV cache)."""
+    """The indexer's decoder behind HF's generation API (eager PyTorch; with or without HF's
+    key/value cache, as `generate(use_cache=...)` asks)."""
 
     config_class = IndexerGenerationConfig
     base_model_prefix = "indexer"
@@ -96,6 +109,9 @@ class IndexerForGeneration(PreTrainedModel, GenerationMixin):
         super().__init__(config)
         self.indexer = indexer
         self.encoder = _Encoder(indexer)
+        # the cached path's modules: the indexer's own weights plus tables computed from them
+        self.first_step = DecoderFirstGraph(indexer)
+        self.later_step = DecoderStepGraph(indexer)
         self.post_init()
         self.eval()
 
@@ -111,6 +127,7 @@ class IndexerForGeneration(PreTrainedModel, GenerationMixin):
         attention_mask: torch.Tensor | None = None,
         decoder_input_ids: torch.Tensor | None = None,
         encoder_outputs: BaseModelOutput | tuple | None = None,
+        cache: EncoderDecoderCache | None = None,
         **_: Any,
     ) -> Seq2SeqLMOutput:
         """Logits (N, 1, vocab) for the next token of each row of `decoder_input_ids`
@@ -125,6 +142,8 @@ class IndexerForGeneration(PreTrainedModel, GenerationMixin):
         memory = encoder_outputs[0]
         if attention_mask is None:
             attention_mask = torch.ones(memory.shape[:2], dtype=torch.long, device=memory.device)
+        if cache is not None:
+            return self._cached_forward(decoder_input_ids, memory, attention_mask, cache)
         k = self.config.codebook_size
         tokens = decoder_input_ids[:, 1:]
         level = tokens.shape[1]
@@ -141,6 +160,54 @@ class IndexerForGeneration(PreTrainedModel, GenerationMixin):
         )
         logits[:, 0, level * k : (level + 1) * k] = self.indexer.code_logits(reps, level)
         return Seq2SeqLMOutput(logits=logits, encoder_last_hidden_state=memory)
+
+    def _cached_forward(
+        self,
+        decoder_input_ids: torch.Tensor,
+        memory: torch.Tensor,
+        attention_mask: torch.Tensor,
+        cache: EncoderDecoderCache,
+    ) -> Seq2SeqLMOutput:
+        """One new position per row, its earlier ones read from `cache`: decoder layer i keeps
+        its self-attention keys and values as layer i of the self-attention cache ((R, 1, P,
+        D): one "head" of the model's width, as the step graph stores them) and its projected
+        encoder states as layer i of the cross-attention cache ((R, H, S, D / H))."""
+        level = cache.get_seq_length()
+        if level >= self.config.levels:
+            raise ValueError(f"asked for level {level}; the indexer has {self.config.levels}")
+        layers = len(self.indexer.decoder.layers)
+        if level == 0:
+            logits, present, cross_kv = self.first_step(memory, attention_mask)
+            for i in range(layers):
+                cache.cross_attention_cache.update(cross_kv[:, 2 * i], cross_kv[:, 2 * i + 1], i)
+                cache.is_updated[i] = True
+        else:
+            cross = cache.cross_attention_cache.layers
+            cross_kv = torch.stack(
+                [t for layer in cross[:layers] for t in (layer.keys, layer.values)], dim=1
+            )
+            own = cache.self_attention_cache.layers
+            past = torch.stack([t for layer in own[:layers] for t in (layer.keys, layer.values)], 2)
+            k = self.config.codebook_size
+            # the last token is the code of level - 1 (filler beams' EOS is clamped: never chosen)
+            code = (decoder_input_ids[:, -1] - (level - 1) * k).clamp(0, k - 1)
+            prefix = code.new_zeros(len(code), 1, self.config.levels)
+            prefix[:, 0, level - 1] = code
+            at = torch.full((len(code),), level, dtype=torch.long, device=code.device)
+            logits, present = self.later_step(cross_kv, attention_mask, prefix, at, past)
+        for i in range(layers):  # the new position's keys and values
+            cache.self_attention_cache.update(
+                present[:, :, 2 * i, -1:], present[:, :, 2 * i + 1, -1:], i
+            )
+        k = self.config.codebook_size
+        out = torch.full(
+            (len(logits), 1, self.config.vocab_size),
+            -torch.inf,
+            dtype=logits.dtype,
+            device=logits.device,
+        )
+        out[:, 0, level * k : (level + 1) * k] = logits[:, 0]
+        return Seq2SeqLMOutput(logits=out, cache=cache, encoder_last_hidden_state=memory)
 
 
 def wrap_indexer(indexer: SemanticIndexer) -> IndexerForGeneration:
@@ -176,10 +243,13 @@ class AllowedTokens:
         return self.table.get(tuple(sent[1:].tolist()), self.fallback)
 
 
-def generate_kwargs(model: IndexerForGeneration, allowed: AllowedTokens, beam: int) -> dict:
+def generate_kwargs(
+    model: IndexerForGeneration, allowed: AllowedTokens, beam: int, use_cache: bool = False
+) -> dict:
     """The exact `generate` arguments: canonical beam search (length_penalty=0 makes
     `sequences_scores` the plain sum of log-probabilities; nothing ends before max_new_tokens,
-    so early stopping never triggers) returning every beam with its score."""
+    so early stopping never triggers) returning every beam with its score; `use_cache`: HF's
+    key/value cache (the wrapper's cached path) or none."""
     return {
         "num_beams": beam,
         "num_return_sequences": beam,
@@ -188,7 +258,7 @@ def generate_kwargs(model: IndexerForGeneration, allowed: AllowedTokens, beam: i
         "do_sample": False,
         "length_penalty": 0.0,
         "early_stopping": "never",
-        "use_cache": False,
+        "use_cache": use_cache,
         "output_scores": True,
         "return_dict_in_generate": True,
         "decoder_start_token_id": model.config.decoder_start_token_id,
@@ -218,6 +288,7 @@ def beams_for_memory(
     mask: torch.Tensor,
     allowed: AllowedTokens,
     beam: int = 10,
+    use_cache: bool = False,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """One `generate` call over encoded texts (see `hf_beams`).
 
@@ -228,7 +299,7 @@ def beams_for_memory(
     res = model.generate(
         encoder_outputs=BaseModelOutput(last_hidden_state=memory),
         attention_mask=mask,
-        **generate_kwargs(model, allowed, beam),
+        **generate_kwargs(model, allowed, beam, use_cache),
     )
     b = len(memory)
     seqs = res.sequences.numpy().reshape(b, beam, -1)
@@ -250,6 +321,7 @@ def hf_beams(
     beam: int = 10,
     batch_size: int = 32,
     allowed: AllowedTokens | None = None,
+    use_cache: bool = False,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per text: (paths (k, L) int64, summed log-probabilities (k,) float64), best first,
     k <= beam: `generate`'s filler beams (score -inf or about -1e9, present when the trie
@@ -257,7 +329,8 @@ def hf_beams(
 
     `trie_paths` (N, L) are the catalog's semantic codes; pass `allowed` (built once with
     `AllowedTokens.from_paths`) to keep building the table out of a timing loop. Texts go in
-    chunks of `batch_size`: one encoder call and one `generate` call each.
+    chunks of `batch_size`: one encoder call and one `generate` call each. `use_cache`: HF's
+    key/value cache (see the module docstring).
     """
     cfg = model.config
     if allowed is None:
@@ -265,5 +338,5 @@ def hf_beams(
     out: list[tuple[np.ndarray, np.ndarray]] = []
     for start in range(0, len(texts), batch_size):
         memory, mask = encode(model, hf_tokenizer, texts[start : start + batch_size])
-        out.extend(beams_for_memory(model, memory, mask, allowed, beam))
+        out.extend(beams_for_memory(model, memory, mask, allowed, beam, use_cache))
     return out

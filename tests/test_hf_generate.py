@@ -73,8 +73,9 @@ def test_wrapper_scores_are_the_indexers_log_softmax(setup):
             assert torch.isneginf(outside).all()
 
 
+@pytest.mark.parametrize("use_cache", [False, True], ids=["no-cache", "cache"])
 @pytest.mark.parametrize("trie_name", ["every", "catalog", "sparse"])
-def test_generate_matches_gateway_and_reference(setup, trie_name):
+def test_generate_matches_gateway_and_reference(setup, trie_name, use_cache):
     from service.query_beams import search_beams
     from service.trie import CompactTrie
     from training.indexer.inference import query_beams
@@ -94,7 +95,9 @@ def test_generate_matches_gateway_and_reference(setup, trie_name):
     )
     reference = query_beams(model.indexer, states, Trie(paths), BEAM)
     allowed = AllowedTokens.from_paths(paths, model.config.codebook_size, model.config.eos_token_id)
-    got = hf_beams(model, setup["hf_tokenizer"], texts, paths, BEAM, batch_size=8, allowed=allowed)
+    got = hf_beams(
+        model, setup["hf_tokenizer"], texts, paths, BEAM, 8, allowed=allowed, use_cache=use_cache
+    )
     n_paths = len(np.unique(paths, axis=0))
     assert len(got) == len(texts)
     for (g_paths, g_scores), (w_paths, w_scores), (r_paths, r_scores) in zip(
@@ -116,3 +119,31 @@ def test_default_allowed_table_and_batch_size_do_not_change_results(setup):
     for (a_paths, a_scores), (b_paths, b_scores) in zip(singles, batched, strict=True):
         np.testing.assert_array_equal(a_paths, b_paths)
         np.testing.assert_allclose(a_scores, b_scores, rtol=0, atol=1e-5)
+
+
+def test_cached_generate_runs_one_position_per_step(setup, monkeypatch):
+    """With the cache, each decoder call gets only the newest token of every row, and the
+    level-0 call alone projects the encoder states (later levels read them from the cache)."""
+    model, tok, texts = setup["model"], setup["hf_tokenizer"], setup["texts"][:4]
+    calls: list[tuple[str, tuple[int, ...]]] = []
+    first, later = model.first_step.forward, model.later_step.forward
+
+    def spy_first(memory, mask):
+        calls.append(("first", tuple(memory.shape)))
+        return first(memory, mask)
+
+    def spy_later(cross_kv, mask, prefix, level, past):
+        calls.append(("later", tuple(past.shape)))
+        return later(cross_kv, mask, prefix, level, past)
+
+    monkeypatch.setattr(model.first_step, "forward", spy_first)
+    monkeypatch.setattr(model.later_step, "forward", spy_later)
+    paths = trie_paths("every", setup["bundle"])
+    hf_beams(model, tok, texts, paths, BEAM, batch_size=4, use_cache=True)
+    levels = model.config.levels
+    assert [name for name, _ in calls] == ["first"] + ["later"] * (levels - 1)
+    assert calls[0][1][0] == 4 * BEAM  # generate repeats each text once per beam
+    for level, (_, past) in enumerate(calls[1:], start=1):
+        rows, width, entries, positions, _ = past
+        assert (rows, width, positions) == (4 * BEAM, 1, level)  # P = the earlier positions
+        assert entries == 2 * len(model.indexer.decoder.layers)

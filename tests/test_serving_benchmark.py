@@ -8,7 +8,13 @@ import time
 
 import pytest
 
-from benchmarks.serving import STAGES, cpu_per_request, process_cpu_s, stage_table
+from benchmarks.serving import (
+    STAGES,
+    cpu_per_request,
+    hf_table_rows,
+    process_cpu_s,
+    stage_table,
+)
 
 
 def test_stage_table_divides_by_requests_and_puts_the_unaccounted_time_last():
@@ -38,3 +44,13 @@ def test_process_cpu_seconds_grow_with_work():
     while time.process_time() < end:
         pass
     assert process_cpu_s(os.getpid()) - before >= 0.15
+
+
+def test_hf_table_puts_each_hf_form_against_ours():
+    row = {"batch": 32, "queries": 64, "hf_same": 64, "hf_cache_same": 63}
+    row |= {"ours_search": 20.0, "hf_search": 200.0, "hf_cache_search": 120.0}
+    row |= {"ours_total": 50.0, "hf_total": 300.0, "hf_cache_total": 225.0}
+    assert hf_table_rows([row]) == [
+        [32, 64, "64/64 / 63/64", "20.0", "200.0 / 120.0", "10.0× / 6.0×", "50.0",
+         "300.0 / 225.0", "6.0× / 4.5×"]
+    ]  # fmt: skip
