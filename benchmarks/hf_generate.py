@@ -152,14 +152,15 @@ class IndexerForGeneration(PreTrainedModel, GenerationMixin):
         offsets = torch.arange(level, device=tokens.device) * k
         codes = (tokens - offsets).clamp(0, k - 1)
         reps = self.indexer.decode(memory, attention_mask, codes)[:, level]
-        logits = torch.full(
-            (len(tokens), 1, self.config.vocab_size),
-            -torch.inf,
-            dtype=reps.dtype,
-            device=reps.device,
-        )
-        logits[:, 0, level * k : (level + 1) * k] = self.indexer.code_logits(reps, level)
+        logits = self._vocabulary_logits(self.indexer.code_logits(reps, level), level)
         return Seq2SeqLMOutput(logits=logits, encoder_last_hidden_state=memory)
+
+    def _vocabulary_logits(self, code_logits: torch.Tensor, level: int) -> torch.Tensor:
+        """(N, K) logits of level `level`'s codes -> (N, 1, vocab): -inf outside its block."""
+        k = self.config.codebook_size
+        out = code_logits.new_full((len(code_logits), 1, self.config.vocab_size), -torch.inf)
+        out[:, 0, level * k : (level + 1) * k] = code_logits
+        return out
 
     def _cached_forward(
         self,
@@ -199,14 +200,7 @@ class IndexerForGeneration(PreTrainedModel, GenerationMixin):
             cache.self_attention_cache.update(
                 present[:, :, 2 * i, -1:], present[:, :, 2 * i + 1, -1:], i
             )
-        k = self.config.codebook_size
-        out = torch.full(
-            (len(logits), 1, self.config.vocab_size),
-            -torch.inf,
-            dtype=logits.dtype,
-            device=logits.device,
-        )
-        out[:, 0, level * k : (level + 1) * k] = logits[:, 0]
+        out = self._vocabulary_logits(logits[:, 0], level)
         return Seq2SeqLMOutput(logits=out, cache=cache, encoder_last_hidden_state=memory)
 
 
