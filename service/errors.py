@@ -1,6 +1,7 @@
 """Every error becomes one JSON shape (`protocol.ErrorResponse`), mapped here and only here:
-bad input -> 422 naming the field (413 for a body over `max_body_bytes`), an unavailable
-dependency or a full queue -> 503 with Retry-After, anything else -> 500 (logged)."""
+bad input -> 422 naming the field (413 for a body over `max_body_bytes`), an unknown path or
+method -> 404 / 405, an unavailable dependency or a full queue -> 503 with Retry-After,
+anything else -> 500 (logged)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 from service.backends.base import BackendUnavailable
 from service.batching import Overloaded
@@ -25,6 +27,25 @@ def _field(loc: tuple | list) -> str:
     return ".".join(parts) or "body"
 
 
+def _detail(error: dict) -> dict[str, str]:
+    """One validation error -> {"field", "message"}. A body that is not JSON has the parser's
+    position where a field would be: it names the body and says where it broke."""
+    if error.get("type") == "json_invalid":
+        loc = error.get("loc", ())
+        at = loc[-1] if len(loc) > 1 and isinstance(loc[-1], int) else None
+        reason = (error.get("ctx") or {}).get("error", "")
+        where = "" if at is None else f" at character {at}"
+        return {
+            "field": "body",
+            "message": f"not valid JSON{where}" + (f" ({reason})" if reason else ""),
+        }
+    return {"field": _field(error.get("loc", ())), "message": error.get("msg", "")}
+
+
+# HTTP errors raised by the routing itself (no route, wrong method), by status
+HTTP_KINDS = {404: "not_found", 405: "method_not_allowed"}
+
+
 def install_error_handlers(app: FastAPI, metrics: Metrics, retry_after_s: int) -> None:
     def reply(status: int, kind: str, message: str, details=None, headers=None) -> JSONResponse:
         metrics.errors.labels(kind).inc()
@@ -35,10 +56,15 @@ def install_error_handlers(app: FastAPI, metrics: Metrics, retry_after_s: int) -
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = exc.errors()
-        details = [{"field": _field(e.get("loc", ())), "message": e.get("msg", "")} for e in errors]
+        details = [_detail(e) for e in exc.errors()]
         message = "; ".join(f"{d['field']}: {d['message']}" for d in details)
         return reply(422, "invalid_request", message, details)
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, exc: HTTPException) -> JSONResponse:
+        kind = HTTP_KINDS.get(exc.status_code, "http_error")
+        message = f"{request.method} {request.url.path}: {exc.detail}"
+        return reply(exc.status_code, kind, message, headers=exc.headers)
 
     @app.exception_handler(BodyTooLarge)
     async def _too_large(_: Request, exc: BodyTooLarge) -> JSONResponse:

@@ -209,8 +209,8 @@ class RelevanceResponse(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: str = Field(
-        description="kind: invalid_request, payload_too_large, store_unavailable, "
-        "backend_unavailable, overloaded, internal"
+        description="kind: invalid_request, payload_too_large, not_found, "
+        "method_not_allowed, store_unavailable, backend_unavailable, overloaded, internal"
     )
     message: str
     details: list[dict] | None = None

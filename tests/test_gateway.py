@@ -247,9 +247,27 @@ def test_bad_query_input_is_422_naming_the_field(client, body, field):
     assert field in r.json()["message"]
 
 
-def test_not_json_is_422(client):
-    r = client.post("/v1/query/sids", content=b"{", headers={"content-type": "application/json"})
+def test_not_json_is_422_naming_the_body_and_where_it_broke(client):
+    r = client.post(
+        "/v1/query/sids", content=b'{"query": ', headers={"content-type": "application/json"}
+    )
     assert r.status_code == 422
+    body = r.json()
+    assert body["error"] == "invalid_request"
+    assert body["details"] == [
+        {"field": "body", "message": "not valid JSON at character 10 (Expecting value)"}
+    ]
+    assert body["message"] == "body: not valid JSON at character 10 (Expecting value)"
+
+
+def test_unknown_path_and_wrong_method_use_the_error_shape(client):
+    r = client.get("/v1/nothing")
+    assert r.status_code == 404
+    assert r.json() == {"error": "not_found", "message": "GET /v1/nothing: Not Found"}
+    r = client.get("/v1/query/sids")
+    assert r.status_code == 405
+    assert r.json()["error"] == "method_not_allowed"
+    assert r.headers["allow"] == "POST"  # the header the protocol asks for stays
 
 
 def test_encode_matches_table_and_upsert_makes_items_retrievable(client, bundle_dir, tiny_export):
