@@ -1,7 +1,7 @@
 """Every error becomes one JSON shape (`protocol.ErrorResponse`), mapped here and only here:
-bad input -> 422 naming the field (413 for a body over `max_body_bytes`), an unknown path or
-method -> 404 / 405, an unavailable dependency or a full queue -> 503 with Retry-After,
-anything else -> 500 (logged)."""
+bad input -> 422 naming the field (400 for a body that is not text, 413 for one over
+`max_body_bytes`), an unknown path or method -> 404 / 405, an unavailable dependency or a full
+queue -> 503 with Retry-After, anything else -> 500 (logged)."""
 
 from __future__ import annotations
 
@@ -27,11 +27,12 @@ def _field(loc: tuple | list) -> str:
     return ".".join(parts) or "body"
 
 
-def _detail(error: dict) -> dict[str, str]:
+def _detail(error: dict, request: Request) -> dict[str, str]:
     """One validation error -> {"field", "message"}. A body that is not JSON has the parser's
-    position where a field would be: it names the body and says where it broke."""
-    if error.get("type") == "json_invalid":
-        loc = error.get("loc", ())
+    position where a field would be: it names the body and says where it broke. A body FastAPI
+    did not parse at all (no JSON content type: e.g. `curl -d` without a header) says so."""
+    kind, loc = error.get("type"), tuple(error.get("loc", ()))
+    if kind == "json_invalid":
         at = loc[-1] if len(loc) > 1 and isinstance(loc[-1], int) else None
         reason = (error.get("ctx") or {}).get("error", "")
         where = "" if at is None else f" at character {at}"
@@ -39,7 +40,21 @@ def _detail(error: dict) -> dict[str, str]:
             "field": "body",
             "message": f"not valid JSON{where}" + (f" ({reason})" if reason else ""),
         }
-    return {"field": _field(error.get("loc", ())), "message": error.get("msg", "")}
+    if loc == ("body",) and isinstance(error.get("input"), bytes | bytearray):
+        got = request.headers.get("content-type") or "missing"
+        return {
+            "field": "body",
+            "message": f"send a JSON object with content-type: application/json (got {got})",
+        }
+    return {"field": _field(loc), "message": error.get("msg", "")}
+
+
+def _unreadable_body(request: Request) -> str:
+    """What to say when FastAPI could not decode the body at all (bytes that are not text)."""
+    encoding = request.headers.get("content-encoding")
+    if encoding:
+        return f"could not be read: content-encoding {encoding} is not supported, send it as is"
+    return "could not be read as JSON text (UTF-8 expected)"
 
 
 # HTTP errors raised by the routing itself (no route, wrong method), by status
@@ -55,13 +70,17 @@ def install_error_handlers(app: FastAPI, metrics: Metrics, retry_after_s: int) -
         return JSONResponse(body, status_code=status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        details = [_detail(e) for e in exc.errors()]
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        details = [_detail(e, request) for e in exc.errors()]
         message = "; ".join(f"{d['field']}: {d['message']}" for d in details)
         return reply(422, "invalid_request", message, details)
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException) -> JSONResponse:
+        if exc.status_code == 400:  # FastAPI's "error parsing the body"
+            message = _unreadable_body(request)
+            details = [{"field": "body", "message": message}]
+            return reply(400, "invalid_request", f"body: {message}", details)
         kind = HTTP_KINDS.get(exc.status_code, "http_error")
         message = f"{request.method} {request.url.path}: {exc.detail}"
         return reply(exc.status_code, kind, message, headers=exc.headers)

@@ -260,6 +260,40 @@ def test_not_json_is_422_naming_the_body_and_where_it_broke(client):
     assert body["message"] == "body: not valid JSON at character 10 (Expecting value)"
 
 
+def test_a_body_without_a_json_content_type_says_so(client):
+    r = client.post("/v1/query/sids", content=b'{"query": "drill"}')  # no content-type
+    assert r.status_code == 422
+    assert r.json()["message"] == (
+        "body: send a JSON object with content-type: application/json (got missing)"
+    )
+    r = client.post(
+        "/v1/query/sids",
+        content=b"query=drill",
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+    assert "(got application/x-www-form-urlencoded)" in r.json()["message"]
+
+
+@pytest.mark.parametrize(
+    "headers, says",
+    [
+        ({"content-encoding": "gzip"}, "content-encoding gzip is not supported"),
+        ({}, "could not be read as JSON text (UTF-8 expected)"),
+    ],
+)
+def test_a_body_that_is_not_text_is_400_in_the_error_shape(client, headers, says):
+    import gzip
+
+    body = gzip.compress(b'{"query": "drill"}')
+    r = client.post(
+        "/v1/query/sids", content=body, headers={"content-type": "application/json", **headers}
+    )
+    assert r.status_code == 400
+    assert r.json()["error"] == "invalid_request"
+    assert r.json()["details"][0]["field"] == "body"
+    assert says in r.json()["message"]
+
+
 def test_unknown_path_and_wrong_method_use_the_error_shape(client):
     r = client.get("/v1/nothing")
     assert r.status_code == 404
