@@ -52,13 +52,13 @@ async def relevance(body: p.RelevanceRequest, request: Request) -> p.RelevanceRe
     return await service(request).relevance(body)
 
 
-@router.get("/healthz")
+@router.api_route("/healthz", methods=["GET", "HEAD"])  # HEAD: load balancers' checks
 async def healthz() -> dict[str, str]:
     """The process is alive."""
     return {"status": "ok"}
 
 
-@router.get("/readyz", responses={503: {"model": p.ErrorResponse}})
+@router.api_route("/readyz", methods=["GET", "HEAD"], responses={503: {"model": p.ErrorResponse}})
 async def readyz(request: Request) -> dict[str, str]:
     """The bundle is loaded and the store and inference backend answer."""
     return await service(request).readiness()

@@ -472,6 +472,9 @@ def test_health_readiness_and_metrics(client):
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz").json()
     assert ready["status"] == "ready" and ready["backend"] == "onnxruntime"
+    for path in ("/healthz", "/readyz"):  # load balancers often check with HEAD
+        head = client.head(path)
+        assert head.status_code == 200 and head.content == b""
     client.post("/v1/query/sids", json={"query": "drill"})
     client.post("/v1/query/sids", json={"query": ""})
     text = client.get("/metrics").text
