@@ -2,7 +2,8 @@
 Redis store, beam 10, top-10 SIDs, 100 candidates, real dev-split queries, load from a separate
 process: loadtests/loadgen.py), `/v1/items/encode` at batch 64, where the time goes per stage,
 and the beam search against Hugging Face `generate(num_beams=10, prefix_allowed_tokens_fn=...)`
-on the same weights. Writes benchmarks/results/serving.md.
+on the same weights, without and with HF's key/value cache (benchmarks/hf_generate.py; the
+10x target is judged against the cached form). Writes benchmarks/results/serving.md.
 
     python benchmarks/serving.py --bundle runs/bundle --checkpoint runs/indexer [--duration 30]
 """
