@@ -1,13 +1,16 @@
-"""Closed-loop HTTP load generator for the sidserve gateway, run as its own process.
+"""HTTP load generator for the sidserve gateway, run as its own process.
 
     python loadtests/loadgen.py --url http://127.0.0.1:8000 --queries queries.txt \
         --concurrency 8 --duration 10 --warmup 2 --endpoint query --out results.json
 
-N workers each own one keep-alive HTTP/1.1 connection (a minimal asyncio client, below); each
-sends its next request as soon as the previous one answered. Request k (counted from the start,
-warm-up included) is built from the input lines starting at line (k * batch) mod n, so every
-run sends the same sequence of bodies. Only requests *started* after the warm-up are measured.
-See loadtests/README.md for the output.
+Closed loop (the default): N workers each own one keep-alive HTTP/1.1 connection (a minimal
+asyncio client, below); each sends its next request as soon as the previous one answered.
+Open loop (`--rate R`): request i is due at i / R seconds, whatever the answers, on up to N
+connections, and its latency counts from when it was due, so a slow server shows as latency
+instead of silently lowering the rate (no coordinated omission). Request k (counted from the
+start, warm-up included) is built from the input lines starting at line (k * batch) mod n, so
+every run sends the same sequence of bodies. Only requests *started* (open loop: due) after
+the warm-up are measured. See loadtests/README.md for the output.
 
 Exit codes: 0 the run finished and the results were written; 1 no measured request succeeded
 (or the error rate exceeded --max-error-rate); 2 bad arguments or input, or the server was
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -31,7 +35,7 @@ import ssl
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -124,6 +128,7 @@ class Record:
 
     latencies_ns: list[int] = field(default_factory=list)  # successful (2xx) requests
     all_latencies_ns: list[int] = field(default_factory=list)  # every completed request
+    lags_ns: list[int] = field(default_factory=list)  # open loop: sent this long after due
     status: Counter[str] = field(default_factory=Counter)  # HTTP status -> count
     errors: Counter[str] = field(default_factory=Counter)  # kind -> count
     count: int = 0
@@ -313,6 +318,11 @@ async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
         out += (await reader.readexactly(size + 2))[:-2]
 
 
+async def _same(conn: Connection) -> Connection:
+    """A closed-loop worker's connection source: always its own connection."""
+    return conn
+
+
 def error_kind(exc: BaseException) -> str:
     """A short, stable name for a failed request's exception."""
     if isinstance(exc, RequestError):
@@ -339,13 +349,14 @@ class Runner:
         self.end_ns: int | None = None  # duration mode: no request starts at or after this
         self.started_at = datetime.now(UTC).isoformat(timespec="seconds")
         self.workers: list[asyncio.Task[None]] = []
+        self.in_flight: set[asyncio.Task[None]] = set()  # open loop: requests under way
         self.cpu_s = 0.0  # this process's CPU time over the run (warm-up included)
 
     def on_signal(self) -> None:
         """First SIGINT/SIGTERM: start no new request, let in-flight ones finish (each within
         --timeout) and write the results. A second one cancels the in-flight requests."""
         if self.stop.is_set():
-            for t in self.workers:
+            for t in [*self.workers, *self.in_flight]:
                 t.cancel()
         self.stop.set()
 
@@ -383,11 +394,11 @@ class Runner:
             self._requests[start] = data
         return data
 
-    def _claim(self) -> tuple[int, bool] | None:
-        """The next request's index and whether it is measured; None when the worker stops."""
+    def _claim(self, now: int) -> tuple[int, bool] | None:
+        """The index of the request starting (open loop: due) at `now` and whether it is
+        measured; None when the run stops."""
         if self.stop.is_set():
             return None
-        now = time.perf_counter_ns()
         if self.end_ns is not None and now >= self.end_ns:
             return None
         measured = now >= self.measure_start_ns
@@ -408,48 +419,113 @@ class Runner:
             conn.close()
 
     async def _loop(self, conn: Connection) -> None:
-        a = self.args
-        rec = self.rec
-        while (claim := self._claim()) is not None:
+        while (claim := self._claim(time.perf_counter_ns())) is not None:
             k, measured = claim
-            data = self._request(k)
-            status: str | None = None
-            kind: str | None = None
             start = time.perf_counter_ns()
-            try:
-                async with asyncio.timeout(a.timeout):
-                    code, payload = await conn.request(data)
-                status = str(code)
-                if not 200 <= code < 300:
-                    kind = f"http_{code}"
-                elif a.validate:
-                    try:
-                        got = expected_count(json.loads(payload), a.endpoint)
-                    except ValueError:
-                        got = -1
-                    if got != self.bodies.batch:
-                        kind = "bad_response"
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # every failure is counted, none ends the run
-                kind = error_kind(exc)
-            done = time.perf_counter_ns()
-            if measured:
-                rec.count += 1
-                rec.all_latencies_ns.append(done - start)
-                rec.last_done_ns = max(rec.last_done_ns, done)
-                if status is not None:
-                    rec.status[status] += 1
-                if kind is None:
-                    rec.ok += 1
-                    rec.latencies_ns.append(done - start)
-                else:
-                    rec.errors[kind] += 1
-            else:
-                rec.warmup_count += 1
-                rec.warmup_errors += kind is not None
+            status, kind = await self._send(self._request(k), lambda: _same(conn))
+            self._record(measured, start, status, kind)
             if kind is not None and status is None:
                 await asyncio.sleep(ERROR_BACKOFF_S)
+
+    async def _open_loop(self) -> None:
+        """Request i is due at t0 + i / rate; each runs in its own task on the first free
+        connection (at most --concurrency), so the schedule never waits for an answer."""
+        period_ns = 1e9 / self.args.rate
+        idle: asyncio.Queue[Connection] = asyncio.Queue()
+        conns = [
+            Connection(self.target, self.args.connect_timeout) for _ in range(self.args.concurrency)
+        ]
+        for conn in conns:
+            idle.put_nowait(conn)
+        tasks: set[asyncio.Task[None]] = set()
+        self.in_flight = tasks
+        try:
+            for i in itertools.count():
+                due = self.t0_ns + int(i * period_ns)
+                claim = self._claim(due)
+                if claim is None:
+                    break
+                wait_ns = due - time.perf_counter_ns()
+                if wait_ns > 0:
+                    # a stop signal wakes the schedule at once instead of at the next due time
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.stop.wait(), wait_ns / 1e9)
+                    if self.stop.is_set():
+                        break
+                task = asyncio.create_task(self._due(idle, *claim, due))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            if tasks:
+                await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:  # only left when this loop itself was cancelled (hard limit)
+                task.cancel()
+            for conn in conns:
+                conn.close()
+
+    async def _due(self, idle: asyncio.Queue[Connection], k: int, measured: bool, due: int) -> None:
+        """One open-loop request: wait for a free connection, send; latency from `due`."""
+        taken: list[Connection] = []
+
+        async def take() -> Connection:
+            conn = await idle.get()
+            taken.append(conn)
+            if measured:
+                self.rec.lags_ns.append(time.perf_counter_ns() - due)
+            return conn
+
+        try:
+            status, kind = await self._send(self._request(k), take)
+        finally:
+            for conn in taken:
+                idle.put_nowait(conn)
+        self._record(measured, due, status, kind)
+
+    async def _send(
+        self, data: bytes, connection: Callable[[], Awaitable[Connection]]
+    ) -> tuple[str | None, str | None]:
+        """(HTTP status or None, error kind or None) of one request, within --timeout
+        counted from now (open loop: waiting for a free connection included)."""
+        a = self.args
+        status: str | None = None
+        kind: str | None = None
+        try:
+            async with asyncio.timeout(a.timeout):
+                conn = await connection()
+                code, payload = await conn.request(data)
+            status = str(code)
+            if not 200 <= code < 300:
+                kind = f"http_{code}"
+            elif a.validate:
+                try:
+                    got = expected_count(json.loads(payload), a.endpoint)
+                except ValueError:
+                    got = -1
+                if got != self.bodies.batch:
+                    kind = "bad_response"
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # every failure is counted, none ends the run
+            kind = error_kind(exc)
+        return status, kind
+
+    def _record(self, measured: bool, start: int, status: str | None, kind: str | None) -> None:
+        rec = self.rec
+        done = time.perf_counter_ns()
+        if measured:
+            rec.count += 1
+            rec.all_latencies_ns.append(done - start)
+            rec.last_done_ns = max(rec.last_done_ns, done)
+            if status is not None:
+                rec.status[status] += 1
+            if kind is None:
+                rec.ok += 1
+                rec.latencies_ns.append(done - start)
+            else:
+                rec.errors[kind] += 1
+        else:
+            rec.warmup_count += 1
+            rec.warmup_errors += kind is not None
 
     async def run(self) -> None:
         a = self.args
@@ -463,7 +539,10 @@ class Runner:
             hard_limit = a.warmup + a.duration + a.timeout + 5.0
         else:
             hard_limit = a.max_time
-        workers = [asyncio.create_task(self.worker()) for _ in range(a.concurrency)]
+        if a.rate is not None:
+            workers = [asyncio.create_task(self._open_loop())]
+        else:
+            workers = [asyncio.create_task(self.worker()) for _ in range(a.concurrency)]
         self.workers = workers
         _, pending = await asyncio.wait(workers, timeout=hard_limit)
         if pending:
@@ -531,6 +610,8 @@ def results(runner: Runner, lines: int) -> dict[str, Any]:
             "endpoint": a.endpoint,
             "path": runner.path,
             "concurrency": a.concurrency,
+            "mode": "closed" if a.rate is None else "open",
+            "rate_per_s": a.rate,
             "duration_s": a.duration,
             "requests": a.requests,
             "warmup_s": a.warmup,
@@ -559,6 +640,9 @@ def results(runner: Runner, lines: int) -> dict[str, Any]:
         "max_ms": lat["max"],
         "latency_ms": lat,
         "latency_ms_all": latency_summary(rec.all_latencies_ns),
+        # open loop: how late requests went out after they were due (a free connection and
+        # the generator's own scheduling); large values mean --concurrency is too small
+        "send_lag_ms": latency_summary(rec.lags_ns) if a.rate is not None else None,
         "warmup": {"count": rec.warmup_count, "errors": rec.warmup_errors},
         # the generator's own CPU (warm-up included): on a small machine it competes with the
         # server, so a benchmark should report it next to the server's numbers
@@ -586,8 +670,11 @@ def summary_line(r: dict[str, Any]) -> str:
         rate += f", {r['texts_per_s']:.1f} queries/s"
     codes = " ".join(f"{k}:{v}" for k, v in r["status_codes"].items()) or "-"
     kinds = " ".join(f"{k}:{v}" for k, v in r["errors_by_kind"].items())
+    load = f"c={c['concurrency']}"
+    if c.get("rate_per_s") is not None:
+        load = f"rate={c['rate_per_s']:g}/s c<={c['concurrency']}"
     return (
-        f"loadgen {c['endpoint']} c={c['concurrency']} b={c['batch']}: {r['count']} req in "
+        f"loadgen {c['endpoint']} {load} b={c['batch']}: {r['count']} req in "
         f"{r['elapsed_s']:.2f}s, {rate}, ms p50 {ms(r['p50_ms'])} p90 {ms(r['p90_ms'])} "
         f"p99 {ms(r['p99_ms'])} max {ms(r['max_ms'])}, errors {r['errors']}"
         + (f" ({kinds})" if kinds else "")
@@ -633,7 +720,7 @@ def json_object(text: str) -> dict[str, Any]:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="loadgen",
-        description="Closed-loop load generator for the sidserve gateway.",
+        description="Load generator for the sidserve gateway (closed loop, or open with --rate).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--url", required=True, help="gateway base URL, e.g. http://127.0.0.1:8000")
@@ -643,7 +730,18 @@ def parser() -> argparse.ArgumentParser:
         type=Path,
         help="text file, one query (or item text for --endpoint encode) per line",
     )
-    p.add_argument("--concurrency", type=positive_int, default=8, help="closed-loop workers")
+    p.add_argument(
+        "--concurrency",
+        type=positive_int,
+        default=8,
+        help="closed loop: workers; open loop: the most requests in flight (connections)",
+    )
+    p.add_argument(
+        "--rate",
+        type=positive_float,
+        help="open loop: requests per second, sent on schedule whatever the answers; "
+        "latency counts from when each was due (default: closed loop)",
+    )
     stop = p.add_mutually_exclusive_group(required=True)
     stop.add_argument("--duration", type=positive_float, help="measured seconds (after warm-up)")
     stop.add_argument("--requests", type=positive_int, help="measured requests (after warm-up)")

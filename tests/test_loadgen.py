@@ -260,3 +260,50 @@ def test_an_unreachable_or_unhealthy_server_exits_2_without_load(stub, queries, 
 def test_a_url_it_cannot_use_is_a_clear_error(queries, tmp_path, capsys, url):
     code, _ = run(url, queries, tmp_path / "r.json", "--requests", "1")
     assert code == 2 and "--url" in capsys.readouterr().err
+
+
+def test_open_loop_sends_on_schedule(stub, queries, tmp_path):
+    server = stub(ok_handler())
+    start = time.monotonic()
+    code, r = run(server.url, queries, tmp_path / "r.json", "--rate", "80", "--duration", "1",
+                  "--concurrency", "4", "--validate")  # fmt: skip
+    assert code == 0 and r["errors"] == 0
+    assert r["config"]["mode"] == "open" and r["config"]["rate_per_s"] == 80
+    assert r["count"] == 80  # due at 0, 1/80, ..., 79/80 s: the schedule, not the answers
+    assert time.monotonic() - start < 5
+    assert r["send_lag_ms"]["p50"] < 20  # a fast server: requests leave when due
+
+
+def test_open_loop_latency_counts_from_when_a_request_was_due(stub, queries, tmp_path):
+    """One connection and a server that takes 50 ms per answer serve 20 requests/s; offered 40,
+    the queue grows, and a request's latency includes its wait (no coordinated omission)."""
+
+    def handle(method: str, path: str, body: bytes) -> tuple[int, bytes, str]:
+        if method == "POST":
+            time.sleep(0.05)
+        return 200, results_body(body) if method == "POST" else b"{}", "length"
+
+    server = stub(handle)
+    code, r = run(server.url, queries, tmp_path / "r.json", "--rate", "40", "--duration", "1",
+                  "--concurrency", "1", "--timeout", "5")  # fmt: skip
+    assert code == 0 and r["count"] == 40 and r["errors"] == 0
+    # the last requests waited for about 20 answers ahead of them (~1 s): far above 50 ms
+    assert r["latency_ms"]["max"] > 600
+    assert r["send_lag_ms"]["max"] > 500
+    code, closed = run(server.url, queries, tmp_path / "c.json", "--duration", "1",
+                       "--concurrency", "1")  # fmt: skip
+    assert closed["config"]["mode"] == "closed" and closed["send_lag_ms"] is None
+    assert closed["latency_ms"]["max"] < 300  # a closed loop never sees that queue
+
+
+def test_open_loop_with_a_hanging_server_times_out_and_ends(stub, queries, tmp_path):
+    def handle(method: str, path: str, body: bytes) -> tuple[int, bytes, str]:
+        return (200, b"{}", "length") if method == "GET" else (200, b"", "hang")
+
+    server = stub(handle)
+    start = time.monotonic()
+    code, r = run(server.url, queries, tmp_path / "r.json", "--rate", "20", "--duration", "0.5",
+                  "--concurrency", "2", "--timeout", "0.3")  # fmt: skip
+    assert time.monotonic() - start < 10
+    assert code == 1 and r["ok"] == 0 and r["count"] == 10
+    assert set(r["errors_by_kind"]) == {"timeout"}  # waiting for a connection counts too
