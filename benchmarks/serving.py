@@ -1,6 +1,7 @@
 """Serving benchmark: the gateway over HTTP on the full Home Depot bundle (embedded ONNX Runtime,
 Redis store, beam 10, top-10 SIDs, 100 candidates, real dev-split queries, load from a separate
-process: loadtests/loadgen.py), `/v1/items/encode` at batch 64, where the time goes per stage,
+process: loadtests/loadgen.py; closed loop at 1 and 32 clients, and an open-loop run at
+`--open-rate` queries/s), `/v1/items/encode` at batch 64, where the time goes per stage,
 and the beam search against Hugging Face `generate(num_beams=10, prefix_allowed_tokens_fn=...)`
 on the same weights, without and with HF's key/value cache (benchmarks/hf_generate.py; the
 10x target is judged against the cached form). Writes benchmarks/results/serving.md.
@@ -133,6 +134,12 @@ def http_runs(args, bundle: Path, queries: Path, titles: Path, work: Path) -> di
                 "--concurrency", "32", "--duration", str(args.duration), "--warmup", "5",
                 "--body-extra", body,
             )  # fmt: skip
+            if args.open_rate > 0:  # what a client arriving at that rate sees (no closed loop)
+                results["open"] = loadgen(
+                    gw.url, queries, work / "open.json", "--rate", f"{args.open_rate:g}",
+                    "--concurrency", "64", "--duration", str(args.duration), "--warmup", "3",
+                    "--body-extra", body,
+                )  # fmt: skip
             results["encode"] = loadgen(
                 gw.url, titles, work / "encode.json", "--endpoint", "encode", "--batch", "64",
                 "--concurrency", "1", "--duration", str(args.duration), "--warmup", "3",
@@ -285,6 +292,12 @@ def main() -> int:
         choices=["similarity", "depth", "beam"],
         help="candidate order sent with every query (default: the gateway's own)",
     )
+    p.add_argument(
+        "--open-rate",
+        type=float,
+        default=150.0,
+        help="queries/s of the open-loop run (0: none)",
+    )
     p.add_argument("--hf-queries-b1", type=int, default=100)
     p.add_argument("--hf-batches-b32", type=int, default=8)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "serving.md")
@@ -305,6 +318,20 @@ def main() -> int:
     quantized = "quantization" in bundle.manifest
     hf_rows = [] if quantized else hf_comparison(args, args.bundle, queries)
     c1, c32, enc = http["c1"], http["c32"], http["encode"]
+    open_row = (
+        [(f"query, open loop at {args.open_rate:g}/s", http["open"])] if "open" in http else []
+    )
+    open_note = (
+        [
+            f"The open-loop run sends a query every 1/{args.open_rate:g} s whatever the "
+            "answers (`loadgen.py --rate`, at most 64 in flight), and counts each latency from "
+            "when the query was due, so queueing shows; the closed-loop runs wait for each "
+            "answer before the next query.",
+            "",
+        ]
+        if open_row
+        else []
+    )
     stage_rows = stage_table(http["c1_stages"], http["c32_stages"])
     q_sum, q_count = http["c1_stages"].get("/v1/query/sids", (0.0, 1.0))
     cores = os.cpu_count() or 1
@@ -422,11 +449,13 @@ def main() -> int:
                 for name, r in (
                     ("query, concurrency 1", c1),
                     ("query, concurrency 32", c32),
+                    *open_row,
                     ("encode, batch 64, concurrency 1", enc),
                 )
             ],
         ),
         "",
+        *open_note,
         "`/v1/items/encode` at batch 64 (catalog titles, no upsert): "
         f"**{enc.get('items_per_s', 0):.0f} items/s**.",
         "",
