@@ -47,6 +47,8 @@ PATHS = {"query": "/v1/query/sids", "encode": "/v1/items/encode"}
 # after a transport error (connection refused, reset) a worker pauses this long, so a dead
 # server does not turn the load generator into a busy loop
 ERROR_BACKOFF_S = 0.01
+# open loop: the longest the schedule sleeps before it looks at the stop signal again
+STOP_CHECK_S = 0.05
 
 
 class LoadgenError(Exception):
@@ -445,13 +447,12 @@ class Runner:
                 claim = self._claim(due)
                 if claim is None:
                     break
-                wait_ns = due - time.perf_counter_ns()
-                if wait_ns > 0:
-                    # a stop signal wakes the schedule at once instead of at the next due time
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self.stop.wait(), wait_ns / 1e9)
-                    if self.stop.is_set():
-                        break
+                # plain sleeps (a wait_for on the stop event cost a task per request), in
+                # slices so that a stop signal is seen within STOP_CHECK_S
+                while (wait_ns := due - time.perf_counter_ns()) > 0 and not self.stop.is_set():
+                    await asyncio.sleep(min(wait_ns / 1e9, STOP_CHECK_S))
+                if self.stop.is_set():
+                    break
                 task = asyncio.create_task(self._due(idle, *claim, due))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
