@@ -26,6 +26,10 @@ def test_cached_step_matches_full_decode_at_every_level(bos_input: str) -> None:
     with torch.no_grad():
         model.codebooks.copy_(torch.randn_like(model.codebooks))
         model.bos.copy_(torch.randn_like(model.bos))
+        # nn.TransformerDecoder starts every layer as a copy of one: make them differ, or a
+        # graph that mixed the layers up would still pass
+        for param in model.decoder.parameters():
+            param.add_(0.1 * torch.randn_like(param))
     memory = torch.randn(2, 5, d)
     mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]])
     prefix = torch.randint(0, k, (2, BEAMS, LEVELS))

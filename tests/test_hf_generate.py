@@ -147,3 +147,34 @@ def test_cached_generate_runs_one_position_per_step(setup, monkeypatch):
         rows, width, entries, positions, _ = past
         assert (rows, width, positions) == (4 * BEAM, 1, level)  # P = the earlier positions
         assert entries == 2 * len(model.indexer.decoder.layers)
+
+
+def test_cache_keeps_every_layer_apart_with_two_decoder_layers():
+    """The cache holds each decoder layer's keys and values as its own cache layer: with two
+    layers (a random model, three levels) the cached form must give the uncached one's beams."""
+    from benchmarks.hf_generate import beams_for_memory
+    from tests.indexer_toy import tiny_config
+    from training.indexer.model import SemanticIndexer
+
+    torch.manual_seed(0)
+    cfg = tiny_config(levels=3, epochs_per_level=[1.0] * 3, decoder_layers=2)
+    indexer = SemanticIndexer(cfg).eval()
+    with torch.no_grad():
+        indexer.codebooks.copy_(torch.randn_like(indexer.codebooks))
+        # nn.TransformerDecoder starts every layer as a copy of one: make them differ, or
+        # mixing the layers up would go unnoticed
+        for param in indexer.decoder.parameters():
+            param.add_(0.1 * torch.randn_like(param))
+    model = wrap_indexer(indexer)
+    k = cfg.codebook_size
+    rng = np.random.default_rng(0)
+    paths = np.unique(rng.integers(0, k, size=(60, 3)), axis=0)
+    allowed = AllowedTokens.from_paths(paths, k, model.config.eos_token_id)
+    memory = torch.randn(3, 5, indexer.dim)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 0, 0, 0, 0]])
+    plain = beams_for_memory(model, memory, mask, allowed, BEAM, use_cache=False)
+    cached = beams_for_memory(model, memory, mask, allowed, BEAM, use_cache=True)
+    for (p_paths, p_scores), (c_paths, c_scores) in zip(plain, cached, strict=True):
+        assert len(p_paths) == BEAM
+        np.testing.assert_array_equal(c_paths, p_paths)
+        np.testing.assert_allclose(c_scores, p_scores, rtol=0, atol=1e-4)
