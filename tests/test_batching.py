@@ -175,3 +175,24 @@ def test_lower_thread_priority_does_nothing_for_zero():
     from service.batching import lower_thread_priority
 
     assert lower_thread_priority(0) is None
+
+
+def test_a_batch_that_would_overflow_the_queue_is_refused_whole():
+    """queue_limit counts the queries a request adds, not only those already waiting."""
+    from service.batching import Overloaded
+
+    async def main() -> None:
+        b = QueryBatcher(
+            backend=None,  # type: ignore[arg-type]  # refused before anything runs
+            trie=None,  # type: ignore[arg-type]
+            metrics=Metrics(),
+            pad_id=0,
+            queue_limit=4,
+        )
+        queue(b, [3, 3])  # two queries waiting
+        rows = [np.arange(3)] * 3  # 2 + 3 > 4
+        with pytest.raises(Overloaded, match="limit 4"):  # at once: no batcher runs here
+            await asyncio.wait_for(b.search(rows, beam=10), timeout=5)
+        assert b.depth == 2  # nothing of the refused request was queued
+
+    asyncio.run(main())

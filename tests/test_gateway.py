@@ -427,9 +427,13 @@ def test_a_body_over_max_body_bytes_is_413_before_it_is_read(bundle_dir):
             "message": "request body over 300 bytes (max_body_bytes)",
         }
 
-        def chunks():  # no Content-Length: the bytes received count
-            yield json.dumps(big)[:200].encode()
-            yield json.dumps(big)[200:].encode()
+        # no Content-Length: the bytes received count, and a few over the limit are too many
+        over = json.dumps({"items": [{"item_id": "a", "text": "x" * 280}]}).encode()
+        assert 300 < len(over) < 330
+
+        def chunks():
+            yield over[:200]
+            yield over[200:]
 
         chunked = c.post("/v1/items/encode", content=chunks())
         assert chunked.status_code == 413, chunked.text

@@ -740,3 +740,17 @@ def test_parse_sid_text_reads_the_ranking_scripts_reply() -> None:
     ):
         with pytest.raises(ValueError):
             parse_sid_text(text, n, 4)
+
+
+def test_probes_skip_a_prefix_an_earlier_beam_listed():
+    """A prefix shared by several beams is read once, for the first of them."""
+    from service.stores.base import plan_probes
+
+    paths = np.array([[1, 2, 3], [1, 2, 4], [1, 5, 3]])
+    probes = plan_probes(paths, 3, 0)
+    assert [(p.depth, p.beam, p.prefix) for p in probes] == [
+        (3, 0, (1, 2, 3)), (3, 1, (1, 2, 4)), (3, 2, (1, 5, 3)),
+        (2, 0, (1, 2)), (2, 2, (1, 5)),
+        (1, 0, (1,)),
+    ]  # fmt: skip
+    assert [p.depth for p in plan_probes(paths, 3, 2)] == [3, 3, 3, 2, 2]  # min_depth 2
