@@ -135,6 +135,25 @@ def test_beam_parity_over_a_full_trie(tiny_export):
     vectors[0] = -vectors[0]
     bad = check_parity(model, tok, onnx, tokenizer, texts, items, vectors, texts, every_path)
     assert not bad.ok and bad.max_vector_diff > 0.01
+    vectors[0] = -vectors[0]
+    # so does an item table that is not what the graphs assign
+    items[0] = (items[0] + 1) % 8
+    bad = check_parity(model, tok, onnx, tokenizer, texts, items, vectors, texts, every_path)
+    assert not bad.ok and bad.items_identical == bad.items_checked - 1
+
+
+def test_parity_report_passes_only_when_every_check_holds():
+    from export.parity import LOGIT_TOLERANCE, ParityReport
+
+    def report(**changes) -> ParityReport:
+        fields = {"items_checked": 10, "items_identical": 10, "queries_checked": 5}
+        return ParityReport(**{**fields, "queries_identical": 5, **changes})
+
+    assert report().ok
+    assert report(queries_identical=4, queries_tied=1).ok  # a near tie traded places
+    assert not report(items_identical=9).ok
+    assert not report(queries_identical=4).ok
+    assert not report(max_logit_diff=2 * LOGIT_TOLERANCE).ok
 
 
 def _beams(rows: list[tuple[tuple[int, ...], float]]) -> tuple[np.ndarray, np.ndarray]:
@@ -289,10 +308,11 @@ def test_wrong_checksum(tiny_export, tmp_path):
         load_bundle(b)
 
 
-def test_truncated_item_table(tiny_export, tmp_path):
+@pytest.mark.parametrize("cut", [1, 40])  # a single missing byte is a truncation too
+def test_truncated_item_table(tiny_export, tmp_path, cut):
     b = clone_bundle(tiny_export["bundle"], tmp_path / "b")
     data = (b / "items.sids.npy").read_bytes()
-    (b / "items.sids.npy").write_bytes(data[: len(data) - 40])
+    (b / "items.sids.npy").write_bytes(data[: len(data) - cut])
     with pytest.raises(TruncatedFileError, match="items.sids.npy"):
         load_bundle(b)
 
