@@ -323,3 +323,22 @@ def test_a_config_file_takes_json_numbers_and_null_where_they_fit(tmp_path):
     path.write_text('{"lr": 1, "epochs_per_level": [1, 0.5, 2], "code_loss_temperature": null}')
     cfg = IndexerConfig.from_file(path)
     assert (cfg.lr, cfg.epochs_per_level, cfg.code_loss_temperature) == (1, [1, 0.5, 2], None)
+
+
+def test_training_leaves_the_cached_lower_layers_as_pretrained(toy, trained):
+    """Training reads the embeddings' and lower layers' token states from a cache computed
+    once (`compute_states`), which is only right while those layers never change: they are
+    frozen, and after two levels of training they still equal MiniLM's."""
+    from transformers import AutoModel
+
+    model = toy["model"]
+    frozen = [*model.embeddings.parameters(), *model.lower.parameters()]
+    assert frozen and not any(p.requires_grad for p in frozen)
+    assert all(p.requires_grad for p in model.upper.parameters())
+    base = AutoModel.from_pretrained(minilm_path(), attn_implementation="eager")
+    want = [*base.embeddings.parameters(), *base.encoder.layer[: model.n_frozen].parameters()]
+    assert len(want) == len(frozen)
+    for got, ref in zip(frozen, want, strict=True):
+        torch.testing.assert_close(got, ref, rtol=0, atol=0)
+    top = base.encoder.layer[model.n_frozen :].parameters()
+    assert any(not torch.equal(p, q) for p, q in zip(model.upper.parameters(), top, strict=True))
