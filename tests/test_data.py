@@ -91,6 +91,8 @@ def test_judgments_drop_unknown_products_and_reject_bad_grades(
 def test_split_is_by_normalised_query_and_deterministic():
     assert normalise_query("  Cordless   DRILL ") == "cordless drill"
     assert in_dev("Cordless Drill") == in_dev("cordless  drill")
+    # every spelling of a query goes to its side (one pair agrees by chance 3 times in 4)
+    assert all(in_dev(f"query {i}") == in_dev(f"  QUERY   {i} ") for i in range(2000))
     # the fraction is respected on many queries, and the answer never changes
     sides = [in_dev(f"query {i}") for i in range(20000)]
     assert 0.14 < np.mean(sides) < 0.16

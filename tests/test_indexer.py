@@ -211,6 +211,11 @@ def test_sinkhorn_targets_spread_rows_that_prefer_one_code():
     assert target.argmax(1).unique().numel() == 4  # balanced: one code each
     # every code gets the same share of the batch (4 rows over 5 codes: 0.8 each)
     assert torch.allclose(target.sum(0), torch.full((5,), 0.8), atol=1e-3)
+    # also when the rows are not symmetric: 12 rows, most preferring code 0, over 4 codes
+    lopsided = torch.rand(12, 4, generator=torch.Generator().manual_seed(0))
+    lopsided[:, 0] += 0.5
+    shares = sinkhorn_targets(lopsided, epsilon=0.05, iters=50).sum(0)
+    assert torch.allclose(shares, torch.full((4,), 3.0), atol=1e-3)
     # with rows that already disagree, the targets keep their choices
     own = sinkhorn_targets(torch.eye(5)[:4] * 0.9, epsilon=0.05, iters=10)
     assert own.argmax(1).tolist() == [0, 1, 2, 3]
