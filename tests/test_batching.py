@@ -12,13 +12,14 @@ from service.batching import QueryBatcher, _Job
 from service.metrics import Metrics
 
 
-def batcher(max_batch: int, length_window: int) -> QueryBatcher:
+def batcher(max_batch: int = 32, length_window: int = 0, queue_limit: int = 1024) -> QueryBatcher:
     return QueryBatcher(
         backend=None,  # type: ignore[arg-type]  # _take never touches the model
         trie=None,  # type: ignore[arg-type]
         metrics=Metrics(),
         pad_id=0,
         max_batch=max_batch,
+        queue_limit=queue_limit,
         length_window=length_window,
     )
 
@@ -182,13 +183,7 @@ def test_a_batch_that_would_overflow_the_queue_is_refused_whole():
     from service.batching import Overloaded
 
     async def main() -> None:
-        b = QueryBatcher(
-            backend=None,  # type: ignore[arg-type]  # refused before anything runs
-            trie=None,  # type: ignore[arg-type]
-            metrics=Metrics(),
-            pad_id=0,
-            queue_limit=4,
-        )
+        b = batcher(queue_limit=4)  # refused before the model would be touched
         queue(b, [3, 3])  # two queries waiting
         rows = [np.arange(3)] * 3  # 2 + 3 > 4
         with pytest.raises(Overloaded, match="limit 4"):  # at once: no batcher runs here
