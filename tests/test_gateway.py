@@ -229,6 +229,7 @@ def test_concurrent_requests_are_batched_and_exact(bundle_dir, window):
         ({"query": "drill", "beam_width": 33}, "beam_width"),
         ({"query": "drill", "beam_width": 4, "top_k": 5}, "top_k"),
         ({"query": "drill", "candidates": -1}, "candidates"),
+        ({"query": "drill", "candidates": 1001}, "candidates: 1001 > the maximum 1000"),
         ({"query": "drill", "min_depth": 3}, "min_depth"),
         ({"query": "drill", "beams": 4}, "beams"),
         ({"query": "drill", "order": "random"}, "order"),
