@@ -571,6 +571,23 @@ def test_unreachable_triton_is_503(bundle_dir):
         assert time.perf_counter() - start < 10
 
 
+def test_a_silent_triton_is_503_within_the_timeout_not_a_hang(bundle_dir):
+    import socket
+
+    with socket.socket() as server:  # accepts connections (backlog) but never answers
+        server.bind(("127.0.0.1", 0))
+        server.listen(16)
+        url = f"127.0.0.1:{server.getsockname()[1]}"
+        settings = Settings(bundle=bundle_dir, triton_url=url, inference_timeout_s=1.0)
+        with TestClient(create_app(settings)) as c:
+            start = time.perf_counter()
+            r = c.post("/v1/query/sids", json={"query": "drill"})
+            took = time.perf_counter() - start
+    assert r.status_code == 503, r.text
+    assert r.json()["error"] == "backend_unavailable"
+    assert took < 5  # the 1 s bound per call, not gRPC's own minutes
+
+
 def test_triton_backend_gives_the_same_answers_as_embedded(bundle_dir, triton_server):
     """The real tritonserver (CPU variant of the repository) behind the gateway."""
     body = {"queries": QUERIES, "beam_width": 6, "top_k": 4, "candidates": 10}
