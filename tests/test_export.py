@@ -211,12 +211,16 @@ def test_export_fails_loudly_when_parity_fails(tiny_export, tmp_path, monkeypatc
         graphs.EncoderGraph, "forward", lambda self, i, m: forward(self, i, m) * 1.01
     )
     out = tmp_path / "bundle"
+    stale = tmp_path / ".bundle.partial"  # the staging directory of an earlier, killed export
+    stale.mkdir()
+    (stale / "junk").write_text("x")
     args = export_args(
         tiny_export["checkpoint"], tiny_export["catalog"], tiny_export["judgments"], out
     )
     with pytest.raises(ParityError, match="does not reproduce"):
         export(args)
     assert not out.exists()
+    assert not stale.exists()  # cleared before the export started, and after it failed
     assert not any(p.name.endswith(".partial") for p in tmp_path.iterdir())
 
 

@@ -161,6 +161,12 @@ def test_checkpoint_round_trip(toy, trained, tmp_path):
     again, _, saved_codes, doc = load_checkpoint(tmp_path / "ck")
     assert np.array_equal(saved_codes, codes) and doc["indexer"]["levels"] == 2
     assert np.array_equal(greedy_codes(again, toy["items"]), greedy_codes(model, toy["items"]))
+    # a checkpoint written before a config key existed loads with what it was trained with
+    older = json.loads(json.dumps(doc))
+    del older["indexer"]["bos_input"], older["indexer"]["judged_negatives"]
+    (tmp_path / "ck" / "indexer.json").write_text(json.dumps(older))
+    cfg = load_checkpoint(tmp_path / "ck")[0].cfg
+    assert (cfg.bos_input, cfg.judged_negatives) == ("learned", 0)
     doc["format_version"] = 99
     (tmp_path / "ck" / "indexer.json").write_text(json.dumps(doc))
     with pytest.raises(ValueError, match="checkpoint format 99"):

@@ -41,7 +41,9 @@ def save_checkpoint(
     AutoConfig.from_pretrained(minilm_path()).save_pretrained(out)
     tokenizer.save_pretrained(out)
     doc = {"format_version": FORMAT_VERSION, "indexer": asdict(model.cfg), **meta}
-    (out / CONFIG_FILE).write_text(json.dumps(doc, indent=2) + "\n")
+    tmp = out / (CONFIG_FILE + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    tmp.replace(out / CONFIG_FILE)  # the config (levels trained) is never half written either
     return out
 
 
