@@ -141,3 +141,17 @@ def test_rqvae_levels_quantise_the_residual_and_gradients_pass_straight_through(
     # DSIRM's weights: InfoNCE 1.0, commitment 1.0, reconstruction 0.1
     cfg = dsirm_config()
     assert (cfg.nce_weight, cfg.commit_weight, cfg.recon_weight) == (1.0, 1.0, 0.1)
+
+
+def test_dense_ft_loss_is_symmetric_in_batch_infonce():
+    import torch
+
+    from training.baselines.dense_ft import in_batch_loss
+
+    torch.manual_seed(0)
+    q = torch.nn.functional.normalize(torch.randn(6, 8), dim=-1)
+    d = torch.nn.functional.normalize(q + 0.3 * torch.randn(6, 8), dim=-1)
+    # queries -> items and items -> queries weigh the same: swapping the sides changes nothing
+    torch.testing.assert_close(in_batch_loss(q, d, 0.05), in_batch_loss(d, q, 0.05))
+    # row i of q and of d are the pair: mismatching the rows costs
+    assert in_batch_loss(q, d, 0.05) < in_batch_loss(q, d.roll(1, dims=0), 0.05)

@@ -11,9 +11,13 @@ import random
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from training.data import normalise_query
 from training.encoder import TextEncoder
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +61,19 @@ def unique_batches(
     return batches
 
 
+def in_batch_loss(q: torch.Tensor, d: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Symmetric in-batch InfoNCE: row i of `q` and of `d` are a pair, every other row of the
+    batch a negative; the mean of the query->item and item->query cross-entropies."""
+    import torch
+
+    logits = q @ d.T / temperature
+    target = torch.arange(len(q))
+    return (
+        torch.nn.functional.cross_entropy(logits, target)
+        + torch.nn.functional.cross_entropy(logits.T, target)
+    ) / 2
+
+
 def finetune(
     pairs: Sequence[tuple[str, int]],
     item_texts: Sequence[str],
@@ -93,12 +110,7 @@ def finetune(
         for batch in batches:
             q = enc.pool(enc.tokenize([pairs[i][0] for i in batch]), model)
             d = enc.pool(enc.tokenize([item_texts[pairs[i][1]] for i in batch]), model)
-            logits = q @ d.T / cfg.temperature
-            target = torch.arange(len(batch))
-            loss = (
-                torch.nn.functional.cross_entropy(logits, target)
-                + torch.nn.functional.cross_entropy(logits.T, target)
-            ) / 2
+            loss = in_batch_loss(q, d, cfg.temperature)
             opt.zero_grad()
             loss.backward()
             opt.step()
