@@ -353,3 +353,39 @@ def test_training_leaves_the_cached_lower_layers_as_pretrained(toy, trained):
         torch.testing.assert_close(got, ref, rtol=0, atol=0)
     top = base.encoder.layer[model.n_frozen :].parameters()
     assert any(not torch.equal(p, q) for p, q in zip(model.upper.parameters(), top, strict=True))
+
+
+def test_assigned_codes_follow_each_items_own_fixed_prefix(toy, trained):
+    """An item's level-2 code is the model's best code after the item's own level-1 code."""
+    t, model = trained["trainer"], toy["model"]
+    reps = step_representations(model, toy["items"], t.state.codes[:, :1], desc="test")
+    with torch.no_grad():
+        best = model.code_logits(reps[:, 1], 1).argmax(-1).numpy()
+    # assign_level(1) was the fixture's last step: the same model, so every code agrees
+    assert np.array_equal(best, t.state.codes[:, 1])
+
+
+def test_commitment_holds_both_items_and_queries_on_the_fixed_codes(toy, trained):
+    """GSID's commitment term: cross-entropy of the items' and of their queries' code logits
+    against the items' fixed codes at every finished level, averaged over those levels."""
+    import random
+
+    from torch.nn import functional as F
+
+    t, model, cfg = trained["trainer"], toy["model"], trained["trainer"].cfg
+    batch = make_batches(toy["pairs"], 8, 2, random.Random(0))[0]
+    was = model.training
+    model.eval()  # no dropout: the two computations below must see the same network
+    try:
+        with torch.no_grad():
+            _, parts = t.loss(batch, level=1, main=False)
+            fixed = torch.from_numpy(t.state.codes[np.asarray(batch.items), :1])
+            h_d, _ = encode_by_length(model, toy["items"], batch.items, fixed)
+            q_item = torch.tensor(batch.query_item)
+            h_q, _ = encode_by_length(model, toy["queries"], batch.queries, fixed[q_item])
+            sharpen = cfg.code_temperature / (cfg.code_loss_temperature or cfg.code_temperature)
+            items = F.cross_entropy(model.code_logits(h_d[:, 0], 0) * sharpen, fixed[:, 0])
+            queries = F.cross_entropy(model.code_logits(h_q[:, 0], 0) * sharpen, fixed[q_item, 0])
+    finally:
+        model.train(was)
+    assert parts["commit"] == pytest.approx(cfg.commit_weight * float(items + queries), rel=1e-5)
