@@ -456,6 +456,21 @@ def test_relevance_reports_unknown_ids_per_item(client, bundle_dir):
     assert len(body["items"][0]["matched_depth"]) == len(body["sids"])
 
 
+def test_relevance_of_an_item_sharing_no_prefix_has_no_best_beam(bundle_dir):
+    """No best beam, score 0. The tiny model puts every catalog item under one level-1 code,
+    so the store gets one that is not, as an upsert with given codes would (own gateway: the
+    shared one's store stays as the other tests expect)."""
+    with TestClient(create_app(Settings(bundle=bundle_dir))) as c:
+        one = {"query": "cordless drill", "beam_width": 1, "top_k": 1}
+        probe = {**one, "item_ids": ["no-such-item"]}
+        top = c.post("/v1/relevance", json=probe).json()["sids"][0]
+        codes = np.array([(top["codes"][0] + 1) % 8, 0])
+        c.portal.call(c.app.state.service.store.upsert, [("far-away", codes)])
+        item = c.post("/v1/relevance", json={**one, "item_ids": ["far-away"]}).json()["items"][0]
+    assert item["found"] and item["max_depth"] == 0 and item["prefix_score"] == 0.0
+    assert item["best_rank"] is None and item["best_log_prob"] is None
+
+
 def test_an_unexpected_error_is_a_logged_500_in_the_error_shape_and_counted(bundle_dir):
     settings = Settings(bundle=bundle_dir)
     app = create_app(settings)
