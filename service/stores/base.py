@@ -149,27 +149,30 @@ _DIGITS_AND_DASHES = str.maketrans("", "", "0123456789-")
 def parse_sids(texts: Sequence[str], width: int) -> np.ndarray:
     """'-'-joined SID strings -> (n, width) int32; ValueError for other characters, empty
     codes, or a total other than n * width codes."""
-    return parse_sid_text(",".join(texts), len(texts), width)
+    return _parse_joined_codes("-".join(texts), len(texts), width)
 
 
 def parse_sid_text(text: str, n: int, width: int) -> np.ndarray:
-    """n SIDs joined by ',' in one string (`parse_sids` of a Redis reply's SID strings) ->
-    (n, width) int32; ValueError as `parse_sids`.
+    """n SIDs joined by ',' in one string -> (n, width) int32; ValueError as `parse_sids`."""
+    return _parse_joined_codes(text.replace(",", "-"), n, width)
+
+
+def _parse_joined_codes(joined: str, n: int, width: int) -> np.ndarray:
+    """The codes of n SIDs, all joined by '-' in one string -> (n, width) int32.
 
     It runs on the event loop for every candidate of a query (500 by default): one C-level
     parse of the whole text, about 4x faster than numpy converting a list of strings. Only
     ASCII digits and single inner separators pass the check, so the parse reads every code."""
     if n == 0:
-        if text:
-            raise ValueError(f"not 0 SIDs: {text[:40]!r}")
+        if joined:
+            raise ValueError(f"not 0 SIDs: {joined[:40]!r}")
         return np.zeros((0, width), dtype=np.int32)
-    joined = text.replace(",", "-")
     dashes_ok = "--" not in joined and not joined.startswith("-") and not joined.endswith("-")
     if not joined or joined.translate(_DIGITS_AND_DASHES) or not dashes_ok:
-        raise ValueError(f"not SIDs (digits joined by '-'): {text[:40]!r}")
+        raise ValueError(f"not SIDs (digits joined by '-'): {joined[:40]!r}")
     flat = np.fromstring(joined, dtype=np.int64, sep="-")
     if flat.size != n * width:
-        raise ValueError(f"not {n} SIDs of {width} codes: {text[:40]!r}")
+        raise ValueError(f"not {n} SIDs of {width} codes: {joined[:40]!r}")
     return flat.reshape(n, width).astype(np.int32)
 
 
