@@ -35,7 +35,7 @@ import ssl
 import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -424,7 +424,7 @@ class Runner:
         while (claim := self._claim(time.perf_counter_ns())) is not None:
             k, measured = claim
             start = time.perf_counter_ns()
-            status, kind = await self._send(self._request(k), lambda: _same(conn))
+            status, kind = await self._send(self._request(k), _same(conn))
             self._record(measured, start, status, kind)
             if kind is not None and status is None:
                 await asyncio.sleep(ERROR_BACKOFF_S)
@@ -476,23 +476,24 @@ class Runner:
             return conn
 
         try:
-            status, kind = await self._send(self._request(k), take)
+            status, kind = await self._send(self._request(k), take())
         finally:
             for conn in taken:
                 idle.put_nowait(conn)
         self._record(measured, due, status, kind)
 
     async def _send(
-        self, data: bytes, connection: Callable[[], Awaitable[Connection]]
+        self, data: bytes, connection: Awaitable[Connection]
     ) -> tuple[str | None, str | None]:
-        """(HTTP status or None, error kind or None) of one request, within --timeout
-        counted from now (open loop: waiting for a free connection included)."""
+        """(HTTP status or None, error kind or None) of one request on the connection that
+        `connection` gives, within --timeout counted from now (open loop: waiting for a free
+        connection included)."""
         a = self.args
         status: str | None = None
         kind: str | None = None
         try:
             async with asyncio.timeout(a.timeout):
-                conn = await connection()
+                conn = await connection
                 code, payload = await conn.request(data)
             status = str(code)
             if not 200 <= code < 300:
