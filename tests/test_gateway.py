@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import redis
 from fastapi.testclient import TestClient
 
 from service import protocol as p
@@ -543,10 +544,8 @@ def test_redis_store_serves_the_same_candidates(bundle_dir, redis_server):
         TestClient(create_app(Settings(bundle=bundle_dir, redis_url=redis_server))) as red,
     ):
         assert red.get("/readyz").json()["store"] == "RedisStore"
-        assert (
-            red.post("/v1/query/sids", json=body).json()
-            == mem.post("/v1/query/sids", json=body).json()
-        )
+        first = red.post("/v1/query/sids", json=body).json()
+        assert first == mem.post("/v1/query/sids", json=body).json()
         # an upserted item (with its vector) reads back the same from both stores
         for c in (mem, red):
             assert c.post("/v1/items/encode", json=upsert).status_code == 200
@@ -557,6 +556,23 @@ def test_redis_store_serves_the_same_candidates(bundle_dir, redis_server):
         got = red.post("/v1/query/sids", json=body).json()
         assert got == mem.post("/v1/query/sids", json=body).json()
         assert "new-1" in [c["item_id"] for c in got["results"][0]["candidates"]]
+
+        # the version's data gone (a Redis restarted without it, a reload under way): 503s
+        # naming the fix, not answers with no candidates; the SIDs alone still come
+        redis.Redis.from_url(redis_server).flushdb()
+        for path, sent in [
+            ("/v1/query/sids", body),
+            ("/v1/items/encode", upsert),
+            ("/v1/relevance", relevance),
+        ]:
+            r = red.post(path, json=sent)
+            assert r.status_code == 503 and r.headers["retry-after"] == "1", (path, r.text)
+            assert r.json()["error"] == "store_unavailable"
+            assert "load-items" in r.json()["message"]
+        assert red.post("/v1/query/sids", json={**body, "candidates": 0}).status_code == 200
+        assert main(["load-items", "--bundle", str(bundle_dir), "--redis-url", redis_server]) == 0
+        r = red.post("/v1/query/sids", json={**body, "candidates": 20})
+        assert r.status_code == 200 and r.json() == first  # the upsert went with the data
 
 
 def test_unreachable_redis_is_503_with_retry_after_not_a_hang(bundle_dir):

@@ -558,6 +558,74 @@ def test_ping_and_open(redis_client: redis.Redis, redis_server: str) -> None:
     asyncio.run(body())
 
 
+def test_a_version_that_lost_its_meta_refuses_every_read_and_write(
+    redis_client: redis.Redis, redis_server: str
+) -> None:
+    """A load under way (it deletes the meta first) or a flushed Redis: 503s, not answers with
+    missing candidates, and an upsert writes nothing into the namespace being rebuilt."""
+    ids, sids = ["a", "b"], np.array([[1, 2, 0], [1, 3, 0]], dtype=np.int32)
+    keys = Keys("v1")
+
+    async def body() -> None:
+        store = RedisStore(redis_server, "v1", 2, timeout_s=1.0)
+        try:
+            one = np.array([[1, 2]])
+            assert (await store.candidates(one, 5)).item_ids == ["a", "b"]
+            redis_client.delete(keys.meta)
+            calls = {
+                "candidates": store.candidates(one, 5),
+                "candidates_many": store.candidates_many([one, one], 5),
+                "get_sids": store.get_sids(["a"]),
+                "lookup": store.lookup(["a"]),
+                "upsert": store.upsert([("c", np.array([1, 2]))]),
+                "preview": store.preview([("c", np.array([1, 2]))]),
+                "ping": store.ping(),
+            }
+            for name, call in calls.items():
+                with pytest.raises(StoreUnavailable, match="not .*loaded.*load-items"):
+                    await call
+                assert redis_client.hgetall(keys.sids) == {"a": "1-2-0", "b": "1-3-0"}, name
+            assert redis_client.lrange(keys.prefix_list("1-2"), 0, -1) == ["1-2-0|a"]
+            assert not redis_client.exists(keys.vectors, keys.meta)
+        finally:
+            await store.close()
+
+    load_table(redis_client, "v1", ids, sids)
+    asyncio.run(body())
+
+
+def test_a_store_comes_back_after_redis_restarts_and_the_table_is_reloaded(
+    redis_client: redis.Redis, redis_server: str
+) -> None:
+    """What a restart without persistence does to a running gateway's store: the data, the
+    cached Lua scripts and every connection are gone; 503 until `load-items` has run again,
+    then the same answers on the same store object (scripts reloaded, connections renewed)."""
+    ids, sids = ["a", "b"], np.array([[1, 2, 0], [1, 3, 0]], dtype=np.int32)
+    one = np.array([[1, 3]])
+
+    async def body() -> None:
+        store = RedisStore(redis_server, "v1", 2, timeout_s=1.0)
+        try:
+            before = await store.candidates(one, 5)
+            await store.upsert([("c", np.array([1, 3]))])
+            redis_client.flushall()
+            redis_client.script_flush()
+            redis_client.client_kill_filter(_type="normal", skipme=True)
+            for call in (store.candidates(one, 5), store.upsert([("d", np.array([1, 3]))])):
+                with pytest.raises(StoreUnavailable, match="load-items"):
+                    await call
+            load_table(redis_client, "v1", ids, sids)
+            after = await store.candidates(one, 5)
+            assert after.item_ids == before.item_ids == ["b", "a"]
+            assert after.sids.tolist() == before.sids.tolist()
+            assert (await store.upsert([("d", np.array([1, 3]))])).tolist() == [[1, 3, 1]]
+        finally:
+            await store.close()
+
+    load_table(redis_client, "v1", ids, sids)
+    asyncio.run(body())
+
+
 def _assert_unavailable_fast(url: str, timeout_s: float) -> None:
     async def body() -> None:
         store = RedisStore(url, "v1", 2, timeout_s=timeout_s)

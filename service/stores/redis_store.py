@@ -16,9 +16,15 @@ with one SET of `sidserve:active` (`sidserve load-items --activate`). Each list 
 the SID as well as the id, so `candidates_many` is one call of a ranking script for a whole
 batch (PICK_LUA, which also reads the picked items' upserted vectors): one round trip, read
 from one consistent snapshot (a script runs atomically). `upsert` is one Lua script
-(atomic), `get_sids` one HMGET, `lookup`, `preview` and `ping` one pipeline each. Every call
+(atomic), `get_sids`, `lookup`, `preview` and `ping` one pipeline each. Every call
 runs under a deadline of `timeout_s` (socket timeouts too), and connection failures and
 timeouts become StoreUnavailable (a 503).
+
+Every read and write also checks, in the same round trip, that the version is marked
+`loaded`: a Redis that restarted without its data, a flushed database or a `load-items` under
+way then gives StoreUnavailable (a 503 naming `sidserve load-items`), not answers with missing
+candidates, and an upsert never writes into a namespace that a load is rebuilding (its
+disambiguation codes would collide with the table's).
 """
 
 from __future__ import annotations
@@ -58,7 +64,8 @@ UNAVAILABLE_ERRORS = (RedisConnectionError, RedisTimeoutError, TimeoutError, OSE
 _VERSION = re.compile(r"[0-9A-Za-z._-]{1,64}")
 
 # KEYS: the prefix lists of every query of a batch, query after query, each query's in
-# `plan_probes` order, then the vector hash. ARGV: limit, then each query's number of lists.
+# `plan_probes` order, then the vector hash and the meta hash. ARGV: limit, then each query's
+# number of lists. Returns false (None in Python) when the version is not marked loaded.
 # The ranking of `pick_ranked` run inside Redis, for the whole batch in one atomic call: only
 # the (at most `limit`) picked entries travel back, not `limit` entries of every list (3,000
 # strings for 10 beams x 3 levels x 100), whose parsing in the gateway's event loop was the
@@ -69,7 +76,8 @@ _VERSION = re.compile(r"[0-9A-Za-z._-]{1,64}")
 # cost Redis 680 rather than 400 us per query (500 candidates, 2026-12-06), for about 110 us
 # less Python: Lua creates (and interns) two new strings per entry.
 PICK_LUA = """
-local limit, vec = tonumber(ARGV[1]), KEYS[#KEYS]
+if redis.call('HGET', KEYS[#KEYS], 'loaded') ~= '1' then return false end
+local limit, vec = tonumber(ARGV[1]), KEYS[#KEYS - 1]
 local with_vectors = redis.call('HLEN', vec) > 0
 local replies, first = {}, 1
 for q = 2, #ARGV do
@@ -105,8 +113,10 @@ return replies
 # KEYS: sid hash, next hash, meta hash, vector hash. ARGV: prefix-list key stem, then (item id,
 # path, vector) triples, vector "" for none (which drops the item's earlier one). Redis runs a
 # script atomically, so concurrent upserts never share a disambiguation code, and a moved item
-# is out of its old lists before anyone can read the new ones.
+# is out of its old lists before anyone can read the new ones. Returns false (None in Python),
+# writing nothing, when the version is not marked loaded.
 UPSERT_LUA = """
+if redis.call('HGET', KEYS[3], 'loaded') ~= '1' then return false end
 local stem, out, added = ARGV[1], {}, 0
 for i = 2, #ARGV, 3 do
   local id, path, vector = ARGV[i], ARGV[i + 1], ARGV[i + 2]
@@ -295,7 +305,9 @@ class RedisStore:
         keys = [self.keys.prefix_list(probe.prefix) for probes in plans for probe in probes]
         args = [fetch_size(limit), *(len(probes) for probes in plans)]
         async with self._guard("candidates"):
-            picks = await self._pick(keys=[*keys, self.keys.vectors], args=args)
+            picks = await self._pick(keys=[*keys, self.keys.vectors, self.keys.meta], args=args)
+        if picks is None:
+            raise self._not_loaded()
         out = []
         for entries, vectors in picks:
             ids, texts = split_entries(entries)
@@ -306,8 +318,11 @@ class RedisStore:
     async def get_sids(self, item_ids: Sequence[str]) -> list[np.ndarray | None]:
         if not item_ids:
             return []
-        async with self._guard("get_sids"):
-            found = await self._client.hmget(self.keys.sids, [str(i) for i in item_ids])
+        async with self._guard("get_sids"), self._client.pipeline(transaction=True) as pipe:
+            pipe.hget(self.keys.meta, "loaded")
+            pipe.hmget(self.keys.sids, [str(i) for i in item_ids])
+            loaded, found = await pipe.execute()
+        self._check_loaded(loaded)
         return self._parse_stored(found)
 
     def _parse_stored(self, found: Sequence[str | None]) -> list[np.ndarray | None]:
@@ -321,9 +336,11 @@ class RedisStore:
             return Lookup([])
         ids = [str(i) for i in item_ids]
         async with self._guard("lookup"), self._client.pipeline(transaction=True) as pipe:
+            pipe.hget(self.keys.meta, "loaded")
             pipe.hmget(self.keys.sids, ids)
             pipe.hmget(self.keys.vectors, ids)
-            found, vectors = await pipe.execute()
+            loaded, found, vectors = await pipe.execute()
+        self._check_loaded(loaded)
         return Lookup(self._parse_stored(found), decode_vectors(vectors))
 
     async def upsert(
@@ -341,6 +358,8 @@ class RedisStore:
         # safe to retry: a repeated upsert finds the path it wrote and keeps the SID
         async with self._guard("upsert"):
             sids = await self._upsert(keys=keys, args=args)
+        if sids is None:
+            raise self._not_loaded()
         return parse_sids(list(sids), self.levels + 1)
 
     async def preview(self, items: Sequence[tuple[str, np.ndarray]]) -> np.ndarray:
@@ -349,9 +368,11 @@ class RedisStore:
             return np.zeros((0, self.levels + 1), dtype=np.int32)
         names = sorted({format_sid(p) for p in paths})
         async with self._guard("preview"), self._client.pipeline(transaction=True) as pipe:
+            pipe.hget(self.keys.meta, "loaded")
             pipe.hmget(self.keys.sids, ids)
             pipe.hmget(self.keys.next, names)
-            stored_text, next_text = await pipe.execute()
+            loaded, stored_text, next_text = await pipe.execute()
+        self._check_loaded(loaded)
         stored = self._parse_stored(stored_text)
         counters = {n: int(c or 0) for n, c in zip(names, next_text, strict=True)}
         sids, _ = assign_sids(ids, paths, stored, lambda p: counters[format_sid(p)], self.levels)
@@ -363,17 +384,24 @@ class RedisStore:
             pipe.ping()
             pipe.hmget(self.keys.meta, ["loaded", "levels", "items"])
             _, (loaded, levels, items) = await pipe.execute()
-        if loaded != "1":
-            raise StoreUnavailable(
-                f"model version {self.model_version} is not (completely) loaded in Redis at "
-                f"{self.url}: run `sidserve load-items`"
-            )
+        self._check_loaded(loaded)
         if int(levels) != self.levels:
             raise StoreUnavailable(
                 f"model version {self.model_version} has {levels} levels in Redis at {self.url}, "
                 f"this gateway expects {self.levels}"
             )
         self._items = int(items)
+
+    def _not_loaded(self) -> StoreUnavailable:
+        return StoreUnavailable(
+            f"model version {self.model_version} is not (completely) loaded in Redis at "
+            f"{self.url}: run `sidserve load-items`"
+        )
+
+    def _check_loaded(self, loaded: str | None) -> None:
+        """The meta hash's `loaded` flag, read in the same round trip as the data."""
+        if loaded != "1":
+            raise self._not_loaded()
 
     async def close(self) -> None:
         await self._client.aclose()
