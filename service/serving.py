@@ -48,6 +48,7 @@ def build_backend(settings: Settings, bundle: Bundle) -> InferenceBackend:
             settings.triton_decoder_first,
             settings.triton_decoder,
             settings.inference_timeout_s,
+            settings.triton_reconnect_max_s,
         )
     from service.backends.embedded import EmbeddedBackend
 

@@ -80,6 +80,12 @@ class Settings(BaseSettings):
     )
     # timeouts: an unavailable dependency gives 503 + Retry-After, never a hang
     inference_timeout_s: float = Field(5.0, gt=0)
+    triton_reconnect_max_s: float = Field(
+        1.0,
+        gt=0,
+        description="longest wait between gRPC reconnection attempts while Triton is away, "
+        "so the gateway answers again at most this long after Triton is back",
+    )
     store_timeout_s: float = Field(1.0, gt=0)
     retry_after_s: int = Field(1, ge=0)
     verify_checksums: bool = Field(True, description="hash every bundle file at start-up")

@@ -619,6 +619,38 @@ def test_a_silent_triton_is_503_within_the_timeout_not_a_hang(bundle_dir):
     assert took < 5  # the 1 s bound per call, not gRPC's own minutes
 
 
+def test_the_gateway_answers_soon_after_a_missing_triton_comes_up(
+    triton_bundle_dir, triton_repo_dir, tmp_path
+):
+    """Triton away for 20 s (gRPC's own backoff would have grown to ~7 s between attempts,
+    and to 120 s after a few minutes), then up: answers within about
+    `triton_reconnect_max_s` of Triton being ready, from the same gateway."""
+    from tests.triton_server import free_ports, run_tritonserver
+
+    ports = free_ports(3)
+    settings = Settings(
+        bundle=triton_bundle_dir,
+        triton_url=f"127.0.0.1:{ports[1]}",
+        inference_timeout_s=1.0,
+        triton_reconnect_max_s=0.5,
+    )
+    body = {"query": "drill", "candidates": 0}
+    with TestClient(create_app(settings)) as c:
+        away = time.monotonic()
+        while time.monotonic() - away < 20:
+            r = c.post("/v1/query/sids", json=body)
+            assert r.status_code == 503 and r.json()["error"] == "backend_unavailable"
+            time.sleep(0.5)
+        with run_tritonserver(triton_repo_dir, tmp_path / "triton", ports=ports):
+            ready = time.monotonic()
+            while (r := c.post("/v1/query/sids", json=body)).status_code != 200:
+                assert time.monotonic() - ready < 10, r.text
+                time.sleep(0.1)
+            took = time.monotonic() - ready
+            assert c.get("/readyz").status_code == 200
+    assert took < 2.0, f"first answer {took:.1f} s after Triton was ready"
+
+
 def test_triton_backend_gives_the_same_answers_as_embedded(bundle_dir, triton_server):
     """The real tritonserver (CPU variant of the repository) behind the gateway."""
     body = {"queries": QUERIES, "beam_width": 6, "top_k": 4, "candidates": 10}

@@ -295,12 +295,15 @@ def stop(proc: subprocess.Popen[bytes], grace: float = 15.0) -> None:
 
 
 @contextlib.contextmanager
-def run_tritonserver(repo: Path, workdir: Path, timeout: float = 90.0) -> Iterator[TritonServer]:
-    """Start tritonserver on free loopback ports, wait until ready, always stop it."""
+def run_tritonserver(
+    repo: Path, workdir: Path, timeout: float = 90.0, ports: list[int] | None = None
+) -> Iterator[TritonServer]:
+    """Start tritonserver on loopback `ports` (HTTP, gRPC, metrics; default: free ones), wait
+    until ready, always stop it."""
     install = ensure_installed()
     workdir.mkdir(parents=True, exist_ok=True)
     stub_bin = make_stub_env(workdir / "stub-env", install)
-    ports = free_ports(3)
+    ports = ports or free_ports(3)
     tag = f"sidserve-triton-{os.getpid()}-{ports[0]}-"
     log = workdir / "tritonserver.log"
     with log.open("wb") as out:
