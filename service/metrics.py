@@ -30,6 +30,18 @@ LATENCY_BUCKETS = (
 )
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 STAGES = ("queue", "tokenise", "encode", "beam_search", "store", "scoring")
+# every `kind` of an error reply (service/errors.py; docs/gateway.md § Errors)
+ERROR_KINDS = (
+    "invalid_request",
+    "payload_too_large",
+    "not_found",
+    "method_not_allowed",
+    "http_error",
+    "store_unavailable",
+    "backend_unavailable",
+    "overloaded",
+    "internal",
+)
 
 
 class Metrics:
@@ -69,6 +81,13 @@ class Metrics:
         )
         self.errors = Counter("sidserve_errors", "Errors by kind", ["kind"], registry=r)
         self.model = Info("sidserve_model", "The served model", registry=r)
+        # Every stage and error kind is exported from the start, at 0: a series that first
+        # appears at 1 is invisible to rate() and increase(), so an alert on the first
+        # internal error (k8s/monitoring/) would otherwise never fire.
+        for kind in ERROR_KINDS:
+            self.errors.labels(kind)
+        for stage in STAGES:
+            self.stage_seconds.labels(stage)
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
