@@ -27,7 +27,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.bundle import load_bundle
-from service.stores.redis_store import ACTIVE_KEY, Keys, safe_url
+from service.stores.redis_store import ACTIVE_KEY, REFUSED_ERRORS, Keys, safe_url
 from sidserve.sids import format_sid
 
 log = logging.getLogger(__name__)
@@ -175,6 +175,12 @@ def connect(url: str, timeout_s: float) -> redis.Redis:
     return client
 
 
+def _refusal(exc: BaseException) -> str:
+    """Redis's own words: a pipeline's error quotes the whole failed command first (up to
+    `--batch` items of it)."""
+    return _first_line(exc).rpartition(" of pipeline caused error: ")[2].rstrip(".")
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
@@ -199,6 +205,12 @@ def run(args: argparse.Namespace) -> int:
             client.set(ACTIVE_KEY, bundle.model_version)
     except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
         raise RedisUnreachable(f"lost Redis at {url}: {_first_line(exc)}") from exc
+    except REFUSED_ERRORS as exc:
+        raise RedisUnreachable(
+            f"Redis at {url} refused the load: {_refusal(exc)}; model version "
+            f"{bundle.model_version} stays unloaded there (its gateways answer 503) until a "
+            "load completes"
+        ) from exc
     finally:
         client.close()
     active = f"; {ACTIVE_KEY} = {report.model_version}" if args.activate else ""

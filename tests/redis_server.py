@@ -14,10 +14,11 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 from service.launcher import free_port, stop_process
 
@@ -69,3 +70,26 @@ def redis_server() -> Iterator[str]:
         )
     with running_redis(binary) as url:
         yield url
+
+
+@pytest.fixture
+def redis_refusing_writes(redis_server: str) -> Iterator[Callable[[str], None]]:
+    """Switches the session's Redis into a state that refuses writes ('oom': full under
+    noeviction; 'replica': read-only after a failover), and always back."""
+    redis_client = redis.Redis.from_url(redis_server, decode_responses=True)
+    policy = redis_client.config_get("maxmemory-policy")["maxmemory-policy"]
+
+    def refuse(how: str) -> None:
+        if how == "oom":
+            redis_client.config_set("maxmemory-policy", "noeviction")
+            redis_client.config_set("maxmemory", 1)  # below what the server already uses
+        else:
+            redis_client.execute_command("REPLICAOF", "127.0.0.1", str(free_port()))
+
+    try:
+        yield refuse
+    finally:
+        redis_client.execute_command("REPLICAOF", "NO", "ONE")
+        redis_client.config_set("maxmemory", 0)
+        redis_client.config_set("maxmemory-policy", policy)
+        redis_client.close()

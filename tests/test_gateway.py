@@ -575,6 +575,24 @@ def test_redis_store_serves_the_same_candidates(bundle_dir, redis_server):
         assert r.status_code == 200 and r.json() == first  # the upsert went with the data
 
 
+def test_a_full_redis_makes_upserts_503_and_queries_go_on(
+    bundle_dir, redis_server, redis_refusing_writes
+):
+    from sidserve.cli import main
+
+    assert main(["load-items", "--bundle", str(bundle_dir), "--redis-url", redis_server]) == 0
+    upsert = {"items": [{"item_id": "new-2", "text": "Cordless Drill 20V"}], "upsert": True}
+    with TestClient(create_app(Settings(bundle=bundle_dir, redis_url=redis_server))) as c:
+        redis_refusing_writes("oom")
+        r = c.post("/v1/items/encode", json=upsert)
+        assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
+        assert r.json()["error"] == "store_unavailable" and "maxmemory" in r.json()["message"]
+        assert c.post("/v1/query/sids", json={"query": "drill"}).status_code == 200
+        assert c.post("/v1/items/encode", json={**upsert, "upsert": False}).status_code == 200
+        relevance = {"query": "drill", "item_ids": ["new-2"]}
+        assert c.post("/v1/relevance", json=relevance).status_code == 200
+
+
 def test_unreachable_redis_is_503_with_retry_after_not_a_hang(bundle_dir):
     dead = f"redis://127.0.0.1:{free_port()}/0"
     settings = Settings(bundle=bundle_dir, redis_url=dead, store_timeout_s=0.5)

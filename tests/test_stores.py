@@ -626,6 +626,56 @@ def test_a_store_comes_back_after_redis_restarts_and_the_table_is_reloaded(
     asyncio.run(body())
 
 
+@pytest.mark.parametrize("how", ["oom", "replica"])
+def test_a_redis_refusing_writes_makes_upserts_unavailable_not_internal_errors(
+    redis_client: redis.Redis,
+    redis_server: str,
+    redis_refusing_writes: Callable[[str], None],
+    how: str,
+) -> None:
+    ids, sids = ["a", "b"], np.array([[1, 2, 0], [1, 3, 0]], dtype=np.int32)
+    load_table(redis_client, "v1", ids, sids)
+    keys = Keys("v1")
+
+    async def body() -> None:
+        store = RedisStore(redis_server, "v1", 2, timeout_s=1.0)
+        try:
+            redis_refusing_writes(how)
+            refusal = "maxmemory" if how == "oom" else "read only replica"
+            with pytest.raises(StoreUnavailable, match=f"Redis at .*upsert failed.*{refusal}"):
+                await store.upsert([("c", np.array([1, 2]))], np.ones((1, 4), np.float32))
+            # every read goes on, and the refused upsert left nothing behind
+            assert (await store.candidates(np.array([[1, 2]]), 5)).item_ids == ["a", "b"]
+            assert (await store.get_sids(["b"]))[0].tolist() == [1, 3, 0]
+            assert (await store.lookup(["a", "c"])).sids[1] is None
+            assert (await store.preview([("c", np.array([1, 2]))])).tolist() == [[1, 2, 1]]
+            await store.ping()
+            assert redis_client.hgetall(keys.sids) == {"a": "1-2-0", "b": "1-3-0"}
+            assert not redis_client.exists(keys.vectors)
+        finally:
+            await store.close()
+
+    asyncio.run(body())
+
+
+def test_load_items_refused_by_a_full_redis_is_one_line(
+    tmp_path: Path,
+    redis_server: str,
+    redis_refusing_writes: Callable[[str], None],
+    capsys: pytest.CaptureFixture,
+) -> None:
+    ids, sids = ["a", "b"], np.array([[1, 2, 0], [1, 3, 0]], dtype=np.int32)
+    bundle = write_bundle(tmp_path, ids, sids)
+    redis_refusing_writes("oom")
+    assert sidserve_main(["load-items", "--bundle", str(bundle), "--redis-url", redis_server]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err, err
+    last = err.splitlines()[-1]  # after the progress bar
+    assert last.startswith("sidserve load-items: error: Redis at "), err
+    assert "refused the load: command not allowed when used memory > 'maxmemory';" in last
+    assert "stays unloaded" in last and "HSET" not in last, last
+
+
 def _assert_unavailable_fast(url: str, timeout_s: float) -> None:
     async def body() -> None:
         store = RedisStore(url, "v1", 2, timeout_s=timeout_s)

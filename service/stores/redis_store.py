@@ -1,7 +1,7 @@
 """SidStore on Redis: several gateways share one table, and upserts reach all of them.
 
 Key layout of model version V (the braces are a Redis Cluster hash tag: every key of a
-version lives in one slot, so the transactions and the upsert script stay cluster-safe):
+version lives in one slot, so the pipelines and the scripts stay cluster-safe):
 
     sidserve:{V}:meta           hash   levels, items, loaded ("1" once complete), table_sha256
     sidserve:{V}:sid            hash   item id -> SID string "12-5-201-0"
@@ -16,9 +16,10 @@ with one SET of `sidserve:active` (`sidserve load-items --activate`). Each list 
 the SID as well as the id, so `candidates_many` is one call of a ranking script for a whole
 batch (PICK_LUA, which also reads the picked items' upserted vectors): one round trip, read
 from one consistent snapshot (a script runs atomically). `upsert` is one Lua script
-(atomic), `get_sids`, `lookup`, `preview` and `ping` one pipeline each. Every call
-runs under a deadline of `timeout_s` (socket timeouts too), and connection failures and
-timeouts become StoreUnavailable (a 503).
+(atomic), `get_sids`, `lookup`, `preview` and `ping` one pipeline of reads each (not
+transactions: see `_reads`). Every call runs under a deadline of `timeout_s` (socket timeouts
+too), and connection failures, timeouts and refusals (`REFUSED_ERRORS`: a full or read-only
+Redis refuses upserts, reads go on) become StoreUnavailable (a 503).
 
 Every read and write also checks, in the same round trip, that the version is marked
 `loaded`: a Redis that restarted without its data, a flushed database or a `load-items` under
@@ -41,6 +42,13 @@ import numpy as np
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import (
+    ClusterDownError,
+    NoPermissionError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -60,7 +68,23 @@ from service.stores.base import (
 )
 
 ACTIVE_KEY = "sidserve:active"
-UNAVAILABLE_ERRORS = (RedisConnectionError, RedisTimeoutError, TimeoutError, OSError)
+# Replies of a Redis that answers but will not do it now: full under `noeviction`, a replica
+# after a failover, a cluster without a master for the slot, an ACL without the command.
+# Like an unreachable Redis they are StoreUnavailable (503), not internal errors.
+REFUSED_ERRORS = (
+    OutOfMemoryError,
+    ReadOnlyError,
+    ClusterDownError,
+    TryAgainError,
+    NoPermissionError,
+)
+UNAVAILABLE_ERRORS = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    TimeoutError,
+    OSError,
+    *REFUSED_ERRORS,
+)
 _VERSION = re.compile(r"[0-9A-Za-z._-]{1,64}")
 
 # KEYS: the prefix lists of every query of a batch, query after query, each query's in
@@ -293,6 +317,14 @@ class RedisStore:
     def _guard(self, what: str) -> contextlib.AbstractAsyncContextManager[None]:
         return guarded(self.url, what, self.timeout_s)
 
+    def _reads(self) -> Any:
+        """A pipeline of reads, one round trip. Not MULTI/EXEC: a Redis over `maxmemory`
+        refuses every command queued in a transaction, reads included, and a full store must
+        go on answering queries and /v1/relevance. Redis runs the commands of one pipeline
+        back to back as it reads them, so the loaded flag read first still speaks for the
+        data read after it, short of a whole reload between two of them."""
+        return self._client.pipeline(transaction=False)
+
     async def candidates(self, paths: np.ndarray, limit: int, min_depth: int = 0) -> Candidates:
         return (await self.candidates_many([paths], limit, min_depth))[0]
 
@@ -318,7 +350,7 @@ class RedisStore:
     async def get_sids(self, item_ids: Sequence[str]) -> list[np.ndarray | None]:
         if not item_ids:
             return []
-        async with self._guard("get_sids"), self._client.pipeline(transaction=True) as pipe:
+        async with self._guard("get_sids"), self._reads() as pipe:
             pipe.hget(self.keys.meta, "loaded")
             pipe.hmget(self.keys.sids, [str(i) for i in item_ids])
             loaded, found = await pipe.execute()
@@ -335,7 +367,7 @@ class RedisStore:
         if not item_ids:
             return Lookup([])
         ids = [str(i) for i in item_ids]
-        async with self._guard("lookup"), self._client.pipeline(transaction=True) as pipe:
+        async with self._guard("lookup"), self._reads() as pipe:
             pipe.hget(self.keys.meta, "loaded")
             pipe.hmget(self.keys.sids, ids)
             pipe.hmget(self.keys.vectors, ids)
@@ -367,7 +399,7 @@ class RedisStore:
         if not ids:
             return np.zeros((0, self.levels + 1), dtype=np.int32)
         names = sorted({format_sid(p) for p in paths})
-        async with self._guard("preview"), self._client.pipeline(transaction=True) as pipe:
+        async with self._guard("preview"), self._reads() as pipe:
             pipe.hget(self.keys.meta, "loaded")
             pipe.hmget(self.keys.sids, ids)
             pipe.hmget(self.keys.next, names)
@@ -380,7 +412,7 @@ class RedisStore:
 
     async def ping(self) -> None:
         """Redis answers and this version is completely loaded with the expected levels."""
-        async with self._guard("ping"), self._client.pipeline(transaction=False) as pipe:
+        async with self._guard("ping"), self._reads() as pipe:
             pipe.ping()
             pipe.hmget(self.keys.meta, ["loaded", "levels", "items"])
             _, (loaded, levels, items) = await pipe.execute()
