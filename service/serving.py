@@ -49,6 +49,7 @@ def build_backend(settings: Settings, bundle: Bundle) -> InferenceBackend:
             settings.triton_decoder,
             settings.inference_timeout_s,
             settings.triton_reconnect_max_s,
+            bundle.model_version,
         )
     from service.backends.embedded import EmbeddedBackend
 

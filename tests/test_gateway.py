@@ -703,6 +703,29 @@ def test_readyz_names_the_triton_model_that_is_not_served(bundle_dir, triton_ser
     assert "not ready: sid_gone" in r.json()["message"]
 
 
+def test_readyz_refuses_a_triton_serving_another_model_version(
+    triton_bundle_dir, triton_server, tmp_path
+):
+    """The Triton of another export (a rollout step done out of order) would give this
+    gateway's trie another model's scores: valid-looking SIDs, all wrong."""
+    from service.backends.triton import served_model_version
+    from tests.triton_server import variant_bundle
+
+    other = variant_bundle(triton_bundle_dir, tmp_path / "other")
+    served, ours = load_bundle(triton_bundle_dir).model_version, load_bundle(other).model_version
+    assert served != ours
+    with TestClient(create_app(Settings(bundle=other, triton_url=triton_server.grpc_url))) as c:
+        r = c.get("/readyz")
+    assert r.status_code == 503, r.text
+    message = r.json()["message"]
+    assert f"sid_encoder {served}" in message and f"bundle is {ours}" in message, message
+    assert "sid_decoder_first" in message and "sid_decoder " in message, message
+    settings = Settings(bundle=triton_bundle_dir, triton_url=triton_server.grpc_url)
+    with TestClient(create_app(settings)) as c:
+        assert c.get("/readyz").status_code == 200
+    assert served_model_version({"config": {"parameters": {}}}) is None
+
+
 def test_serve_reports_bad_settings_in_one_line(monkeypatch, capsys, tmp_path):
     from sidserve.cli import main
 

@@ -17,6 +17,13 @@ import numpy as np
 from service.backends.base import BackendUnavailable
 
 
+def served_model_version(config: dict[str, Any]) -> str | None:
+    """The `sid_model_version` parameter of a model config (`get_model_config(as_json=True)`:
+    {"config": {"parameters": {key: {"string_value": ...}}}})."""
+    parameters = config.get("config", config).get("parameters", {})
+    return parameters.get("sid_model_version", {}).get("string_value")
+
+
 def channel_args(reconnect_max_s: float) -> list[tuple[str, int]]:
     """tritonclient's own channel options (message sizes, keep-alive), which passing any
     options replaces, plus a cap on gRPC's reconnection backoff.
@@ -53,6 +60,7 @@ class TritonBackend:
         decoder: str,
         timeout_s: float,
         reconnect_max_s: float = 1.0,
+        model_version: str | None = None,
     ) -> None:
         from tritonclient.grpc import aio as grpcclient
 
@@ -61,6 +69,7 @@ class TritonBackend:
         self.decoder_first_model = decoder_first
         self.timeout_s = timeout_s
         self.reconnect_max_s = reconnect_max_s
+        self.model_version = model_version  # the bundle's; None = not checked
         self.client: Any = None
         self.loop: asyncio.AbstractEventLoop | None = None
 
@@ -149,6 +158,30 @@ class TritonBackend:
         missing = [m for m, ok in zip(models, ready, strict=True) if not ok]
         if missing:
             raise BackendUnavailable(f"Triton at {self.url}: not ready: {', '.join(missing)}")
+        if self.model_version is not None:
+            await self._check_model_version(models)
+
+    async def _check_model_version(self, models: list[str]) -> None:
+        """Every model Triton serves carries the gateway bundle's `sid_model_version`
+        (export/triton_repo.py writes it into each config). A gateway pointed at the Triton
+        of another export would otherwise search its own trie with another model's scores:
+        valid-looking SIDs, all wrong."""
+        try:
+            configs = await asyncio.wait_for(
+                asyncio.gather(*(self.client.get_model_config(m, as_json=True) for m in models)),
+                self.timeout_s,
+            )
+        except Exception as exc:
+            raise BackendUnavailable(f"Triton at {self.url}: {exc or type(exc).__name__}") from exc
+        served = {m: served_model_version(c) for m, c in zip(models, configs, strict=True)}
+        wrong = {m: v for m, v in served.items() if v != self.model_version}
+        if wrong:
+            found = ", ".join(f"{m} {v or 'without a sid_model_version'}" for m, v in wrong.items())
+            raise BackendUnavailable(
+                f"Triton at {self.url} serves another model: {found}; this gateway's bundle "
+                f"is {self.model_version} (point SIDSERVE_TRITON_URL at the Triton whose "
+                "repository was exported with this bundle)"
+            )
 
     async def close(self) -> None:
         if self.client is not None:
