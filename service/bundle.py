@@ -233,10 +233,17 @@ def load_bundle(path: str | Path, checksums: bool = True) -> Bundle:
             raise ManifestError(f"{path / MANIFEST}: {name} is used but has no checksum")
     ids, sids = _read_item_table(path, manifest, levels, sizes)
     hidden = int(_require(manifest, "hidden_size", path))
+    version = str(_require(manifest, "model_version", path))
+    if version != (content := model_version_of(manifest["files"])):
+        # the version names Redis namespaces and Triton repositories: it must be the files'
+        raise ManifestError(
+            f"{path / MANIFEST}: model_version {version} is not the content id of the files it "
+            f"lists ({content}): edited by hand? Export the bundle again"
+        )
     return Bundle(
         path=path,
         manifest=manifest,
-        model_version=str(_require(manifest, "model_version", path)),
+        model_version=version,
         levels=levels,
         codebook_sizes=sizes,
         hidden_size=hidden,

@@ -13,9 +13,11 @@ import pytest
 from service.bundle import (
     ChecksumError,
     FormatVersionError,
+    ManifestError,
     MissingFileError,
     TruncatedFileError,
     load_bundle,
+    model_version_of,
 )
 from tests.export_fixtures import export_args
 
@@ -332,8 +334,21 @@ def test_item_vectors_are_checked_and_optional(tiny_export, tmp_path):
     (b / "items.vectors.npy").unlink()
     m = json.loads((b / "manifest.json").read_text())
     del m["items"]["vectors"], m["files"]["items.vectors.npy"]
+    m["model_version"] = model_version_of(m["files"])  # as its exporter wrote it
     (b / "manifest.json").write_text(json.dumps(m))
     assert load_bundle(b).item_vectors is None
+
+
+def test_a_model_version_that_is_not_the_files_content_id_is_refused(tiny_export, tmp_path):
+    """The version names the Redis namespace and the Triton repository: a manifest edited to
+    claim another one (or files swapped under an old one) must not load."""
+    b = clone_bundle(tiny_export["bundle"], tmp_path / "b")
+    m = json.loads((b / "manifest.json").read_text())
+    content = m["model_version"]
+    m["model_version"] = "0123456789abcdef"
+    (b / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ManifestError, match=f"0123456789abcdef is not the content id.*{content}"):
+        load_bundle(b, checksums=False)
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 
 from service import protocol as p
 from service.app import create_app
-from service.bundle import load_bundle
+from service.bundle import load_bundle, model_version_of
 from service.launcher import free_port
 from service.onnx_model import OnnxIndexer
 from service.query_beams import search_beams
@@ -166,6 +166,7 @@ def test_bundle_without_vectors_falls_back_to_beam_order(bundle_dir, tmp_path):
     (old / "items.vectors.npy").unlink()
     m = json.loads((old / "manifest.json").read_text())
     del m["items"]["vectors"], m["files"]["items.vectors.npy"]
+    m["model_version"] = model_version_of(m["files"])  # as its exporter wrote it
     (old / "manifest.json").write_text(json.dumps(m))
     with TestClient(create_app(Settings(bundle=old))) as c:
         r = c.post("/v1/query/sids", json={"query": QUERIES[0]})

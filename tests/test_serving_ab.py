@@ -3,8 +3,6 @@ summary it reports, and one real run of two gateways on the tiny bundle."""
 
 from __future__ import annotations
 
-import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.serving_ab import Variant, parse_variant, rounds, summarise
+from tests.triton_server import variant_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,11 +62,7 @@ def test_a_real_ab_of_two_settings_on_the_tiny_bundle(tiny_export, tmp_path):
     out = tmp_path / "ab.md"
     # the second variant serves another bundle: another model version, whose items must be
     # loaded into the Redis too, or its store would answer 503 (errors below)
-    other = tmp_path / "other-bundle"
-    shutil.copytree(tiny_export["bundle"], other)
-    manifest = json.loads((other / "manifest.json").read_text())
-    manifest["model_version"] = "other-version"
-    (other / "manifest.json").write_text(json.dumps(manifest))
+    other = variant_bundle(tiny_export["bundle"], tmp_path / "other-bundle")
     cmd = [sys.executable, str(ROOT / "benchmarks" / "serving_ab.py")]
     cmd += ["--bundle", str(tiny_export["bundle"]), "--queries", str(queries), "--out", str(out)]
     cmd += ["--variant", "two=.", "--variant", f"one=.:SIDSERVE_WORKERS=1,SIDSERVE_BUNDLE={other}"]
