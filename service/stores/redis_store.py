@@ -1,7 +1,8 @@
 """SidStore on Redis: several gateways share one table, and upserts reach all of them.
 
 Key layout of model version V (the braces are a Redis Cluster hash tag: every key of a
-version lives in one slot, so the pipelines and the scripts stay cluster-safe):
+version lives in one slot, so the pipelines and the scripts would stay cluster-safe; the
+client itself is single-node, docs/deployment.md):
 
     sidserve:{V}:meta           hash   levels, items, loaded ("1" once complete), table_sha256
     sidserve:{V}:sid            hash   item id -> SID string "12-5-201-0"
