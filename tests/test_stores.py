@@ -22,7 +22,7 @@ from service.launcher import free_port
 from service.load_items import load_table
 from service.stores.base import SidStore, StoreUnavailable
 from service.stores.memory import MemoryStore
-from service.stores.redis_store import ACTIVE_KEY, Keys, RedisStore
+from service.stores.redis_store import ACTIVE_KEY, CLIENT_NAME, Keys, RedisStore
 from sidserve.cli import main as sidserve_main
 from sidserve.sids import format_sid
 
@@ -652,6 +652,36 @@ def test_a_redis_refusing_writes_makes_upserts_unavailable_not_internal_errors(
             await store.ping()
             assert redis_client.hgetall(keys.sids) == {"a": "1-2-0", "b": "1-3-0"}
             assert not redis_client.exists(keys.vectors)
+        finally:
+            await store.close()
+
+    asyncio.run(body())
+
+
+def test_after_a_readonly_reply_the_store_opens_new_connections(
+    redis_client: redis.Redis, redis_server: str, redis_refusing_writes: Callable[[str], None]
+) -> None:
+    """A failover leaves the gateway's connections on a node that became a replica; a new
+    connection is what reaches the new primary behind a managed Redis's DNS name."""
+    load_table(redis_client, "v1", ["a"], np.array([[1, 2, 0]], dtype=np.int32))
+
+    def ours() -> list[int]:
+        return [int(c["id"]) for c in redis_client.client_list() if c["name"] == CLIENT_NAME]
+
+    async def body() -> None:
+        store = RedisStore(redis_server, "v1", 2, timeout_s=1.0)
+        try:
+            await store.candidates(np.array([[1, 2]]), 5)
+            before = ours()
+            assert len(before) == 1
+            redis_refusing_writes("replica")
+            with pytest.raises(StoreUnavailable, match="read only replica"):
+                await store.upsert([("c", np.array([1, 2]))])
+            await asyncio.sleep(0.1)
+            assert ours() == []  # closed, not left pointing at the replica
+            assert (await store.candidates(np.array([[1, 2]]), 5)).item_ids == ["a"]
+            after = ours()
+            assert len(after) == 1 and after != before
         finally:
             await store.close()
 

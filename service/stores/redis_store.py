@@ -69,6 +69,7 @@ from service.stores.base import (
 )
 
 ACTIVE_KEY = "sidserve:active"
+CLIENT_NAME = "sidserve-gateway"  # in Redis's CLIENT LIST, so operators see which are ours
 # Replies of a Redis that answers but will not do it now: full under `noeviction`, a replica
 # after a failover, a cluster without a master for the slot, an ACL without the command.
 # Like an unreachable Redis they are StoreUnavailable (503), not internal errors.
@@ -253,6 +254,7 @@ def make_client(url: str, timeout_s: float, retries: int = 1) -> aioredis.Redis:
         socket_connect_timeout=timeout_s,
         retry=Retry(NoBackoff(), retries),
         decode_responses=True,
+        client_name=CLIENT_NAME,
     )
 
 
@@ -315,8 +317,19 @@ class RedisStore:
         await store.ping()
         return store
 
-    def _guard(self, what: str) -> contextlib.AbstractAsyncContextManager[None]:
-        return guarded(self.url, what, self.timeout_s)
+    @contextlib.asynccontextmanager
+    async def _guard(self, what: str) -> AsyncIterator[None]:
+        """`guarded`, and after a READONLY reply a fresh set of connections: a failover made
+        the node they reach a replica, and a managed Redis moves its primary's DNS name to the
+        new primary, which only a new connection resolves. Without this every upsert would
+        fail until the connections happened to close."""
+        try:
+            async with guarded(self.url, what, self.timeout_s):
+                yield
+        except StoreUnavailable as exc:
+            if isinstance(exc.__cause__, ReadOnlyError):
+                await self._client.connection_pool.disconnect()
+            raise
 
     def _reads(self) -> Any:
         """A pipeline of reads, one round trip. Not MULTI/EXEC: a Redis over `maxmemory`
