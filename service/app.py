@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from service.api_router import RequestTiming, router
 from service.body_limit import BodyLimit
 from service.errors import install_error_handlers
+from service.request_id import RequestIds
 from service.serving import SidService
 from service.settings import Settings
 
@@ -44,5 +45,6 @@ def create_app(settings: Settings, svc: SidService | None = None) -> FastAPI:
     # added first, so inside RequestTiming: a refused body is timed and counted too
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(RequestTiming, metrics=svc.metrics)
+    app.add_middleware(RequestIds)  # outermost of ours: every answer of the app carries one
     install_error_handlers(app, svc.metrics, settings.retry_after_s)
     return app

@@ -16,6 +16,7 @@ from service.backends.base import BackendUnavailable
 from service.batching import Overloaded
 from service.body_limit import BodyTooLarge
 from service.metrics import Metrics
+from service.request_id import request_id
 from service.serving import LimitError
 from service.stores.base import StoreUnavailable
 
@@ -105,6 +106,12 @@ def install_error_handlers(app: FastAPI, metrics: Metrics, retry_after_s: int) -
         app.add_exception_handler(cls, _unavailable)
 
     @app.exception_handler(Exception)
-    async def _internal(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error")
-        return reply(500, "internal", f"internal error ({type(exc).__name__})")
+    async def _internal(request: Request, exc: Exception) -> JSONResponse:
+        # Starlette runs this handler outside every middleware, RequestIds included: the
+        # response gets its id here
+        rid = request_id(request.scope)
+        log.exception(
+            "unhandled error in %s %s (request %s)", request.method, request.url.path, rid
+        )
+        headers = {"x-request-id": rid} if rid else None
+        return reply(500, "internal", f"internal error ({type(exc).__name__})", headers=headers)

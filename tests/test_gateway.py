@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import re
 import time
 from pathlib import Path
 
@@ -473,7 +474,7 @@ def test_relevance_of_an_item_sharing_no_prefix_has_no_best_beam(bundle_dir):
     assert item["best_rank"] is None and item["best_log_prob"] is None
 
 
-def test_an_unexpected_error_is_a_logged_500_in_the_error_shape_and_counted(bundle_dir):
+def test_an_unexpected_error_is_a_logged_500_in_the_error_shape_and_counted(bundle_dir, caplog):
     settings = Settings(bundle=bundle_dir)
     app = create_app(settings)
 
@@ -482,12 +483,38 @@ def test_an_unexpected_error_is_a_logged_500_in_the_error_shape_and_counted(bund
 
     app.state.service.query_sids = broken
     with TestClient(app, raise_server_exceptions=False) as c:
-        r = c.post("/v1/query/sids", json={"query": "drill"})
+        r = c.post("/v1/query/sids", json={"query": "drill"}, headers={"x-request-id": "q-42"})
         assert r.status_code == 500
         assert r.json() == {"error": "internal", "message": "internal error (RuntimeError)"}
+        assert r.headers.get_list("x-request-id") == ["q-42"]
         text = c.get("/metrics").text
     assert 'sidserve_requests_total{endpoint="/v1/query/sids",status="500"} 1.0' in text
     assert 'sidserve_errors_total{kind="internal"} 1.0' in text
+    logged = [r for r in caplog.records if r.name == "service.errors"]
+    assert logged and "POST /v1/query/sids (request q-42)" in logged[0].getMessage()
+    assert logged[0].exc_info is not None  # with its traceback
+
+
+@pytest.mark.parametrize(
+    "sent, echoed",
+    [(None, False), ("search-7f3a:retry.2", True), ("has spaces", False), ("x" * 129, False)],
+)
+def test_every_answer_carries_a_request_id(client, sent, echoed):
+    headers = {} if sent is None else {"x-request-id": sent}
+    answers = [
+        client.post("/v1/query/sids", json={"query": "drill"}, headers=headers),
+        client.post("/v1/query/sids", json={"query": ""}, headers=headers),  # 422
+        client.get("/v1/nothing", headers=headers),  # 404
+        client.get("/healthz", headers=headers),
+    ]
+    assert [a.status_code for a in answers] == [200, 422, 404, 200]
+    ids = [a.headers.get_list("x-request-id") for a in answers]
+    assert all(len(i) == 1 for i in ids), ids
+    if echoed:
+        assert {i[0] for i in ids} == {sent}
+    else:  # a fresh id for each request where none, or none usable, was sent
+        assert len({i[0] for i in ids}) == len(ids)
+        assert all(re.fullmatch(r"[0-9a-f]{32}", i[0]) for i in ids), ids
 
 
 def test_health_readiness_and_metrics(client):
