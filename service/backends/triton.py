@@ -20,7 +20,7 @@ from service.backends.base import BackendUnavailable
 def served_model_version(config: dict[str, Any]) -> str | None:
     """The `sid_model_version` parameter of a model config (`get_model_config(as_json=True)`:
     {"config": {"parameters": {key: {"string_value": ...}}}})."""
-    parameters = config.get("config", config).get("parameters", {})
+    parameters = config["config"].get("parameters", {})
     return parameters.get("sid_model_version", {}).get("string_value")
 
 
