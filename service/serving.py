@@ -4,6 +4,7 @@ prefix-match features. Routes (`api_router.py`) only translate HTTP to these cal
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
@@ -116,6 +117,8 @@ class SidService:
             worker_nice=settings.worker_nice,
         )
         self._trie_lock = asyncio.Lock()
+        self._refresher: asyncio.Task[None] | None = None
+        self._store_path_count = -1  # as last read from the store
         self.metrics.model.info(
             {
                 "model_version": bundle.model_version,
@@ -143,8 +146,14 @@ class SidService:
         if bind is not None:
             bind(asyncio.get_running_loop())
         self.batcher.start()
+        if self.settings.trie_refresh_s > 0 and hasattr(self.store, "paths"):
+            self._refresher = asyncio.create_task(self._refresh_trie_forever())
 
     async def close(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresher
         await self.batcher.stop()
         await self.backend.close()
         await self.store.close()
@@ -437,6 +446,29 @@ class SidService:
                 return
             self._paths = paths
             self.batcher.trie = CompactTrie.from_codes(paths, self.bundle.codebook_sizes)
+
+    async def _refresh_trie_forever(self) -> None:
+        """Every `trie_refresh_s`: when the store's count of paths moved, add the paths other
+        gateways' upserts created. A gateway's own upserts extend its trie at once, but
+        without this another replica's beams could never reach an item on a path new to the
+        catalog (until a restart). One HLEN per period; the paths are read only on a change."""
+        while True:
+            await asyncio.sleep(self.settings.trie_refresh_s)
+            try:
+                await self.refresh_trie()
+            except StoreUnavailable as exc:
+                log.debug("trie refresh skipped: %s", exc)
+            except Exception:
+                log.exception("trie refresh failed")
+
+    async def refresh_trie(self) -> None:
+        store: Any = self.store
+        timeout = self.settings.store_timeout_s
+        count = await self._bounded(store.path_count(), timeout, "store")
+        if count == self._store_path_count:
+            return
+        await self._extend_trie(await self._bounded(store.paths(), timeout, "store"))
+        self._store_path_count = count
 
     async def readiness(self) -> dict[str, str]:
         await self._bounded(self.backend.check(), self.settings.inference_timeout_s, "inference")

@@ -87,6 +87,12 @@ class Settings(BaseSettings):
         "so the gateway answers again at most this long after Triton is back",
     )
     store_timeout_s: float = Field(1.0, gt=0)
+    trie_refresh_s: float = Field(
+        5.0,
+        ge=0,
+        description="with Redis: how often the gateway looks for semantic paths that other "
+        "gateways' upserts added, so its beams can reach their items (0 = never)",
+    )
     retry_after_s: int = Field(1, ge=0)
     verify_checksums: bool = Field(True, description="hash every bundle file at start-up")
 

@@ -603,6 +603,43 @@ def test_redis_store_serves_the_same_candidates(bundle_dir, redis_server):
         assert r.status_code == 200 and r.json() == first  # the upsert went with the data
 
 
+def test_paths_that_other_gateways_upserted_join_the_trie(bundle_dir, redis_server):
+    """Gateway B learns, within `trie_refresh_s`, a semantic path new to the catalog that
+    another gateway's upsert created, so its beams can reach that item."""
+    import itertools
+
+    from service.stores.redis_store import RedisStore
+    from sidserve.cli import main
+
+    assert main(["load-items", "--bundle", str(bundle_dir), "--redis-url", redis_server]) == 0
+    bundle = load_bundle(bundle_dir)
+    known = {tuple(p) for p in bundle.semantic_sids.tolist()}
+    sizes = [range(k) for k in bundle.codebook_sizes]
+    new = next(p for p in itertools.product(*sizes) if p not in known)
+    settings = Settings(bundle=bundle_dir, redis_url=redis_server, trie_refresh_s=0.2)
+    with TestClient(create_app(settings)) as b:
+        trie = lambda: b.app.state.service.batcher.trie  # noqa: E731
+        assert new not in trie()
+
+        async def other_gateway_upserts() -> None:
+            store = RedisStore(redis_server, bundle.model_version, bundle.levels)
+            await store.upsert([("cold-start-1", np.array(new))])
+            await store.close()
+
+        asyncio.run(other_gateway_upserts())
+        deadline = time.monotonic() + 5
+        while new not in trie() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert new in trie()
+        assert all(tuple(p) in trie() for p in known)  # only ever added to
+        got = b.post("/v1/relevance", json={"query": "drill", "item_ids": ["cold-start-1"]})
+        assert got.json()["items"][0]["sid"] == format_sid([*new, 0])
+    off = Settings(bundle=bundle_dir, redis_url=redis_server, trie_refresh_s=0)
+    with TestClient(create_app(off)) as c:  # never refreshed: the bundle's paths only
+        time.sleep(0.3)
+        assert new not in c.app.state.service.batcher.trie
+
+
 def test_a_full_redis_makes_upserts_503_and_queries_go_on(
     bundle_dir, redis_server, redis_refusing_writes
 ):

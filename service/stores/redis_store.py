@@ -424,6 +424,20 @@ class RedisStore:
         sids, _ = assign_sids(ids, paths, stored, lambda p: counters[format_sid(p)], self.levels)
         return sids
 
+    async def path_count(self) -> int:
+        """How many distinct semantic paths the version holds (the `next` hash has one field
+        per path: the table's, and every path an upsert, by any gateway, has used)."""
+        async with self._guard("path_count"):
+            return int(await self._client.hlen(self.keys.next))
+
+    async def paths(self) -> np.ndarray:
+        """(P, levels) int64: every semantic path of the version (see `path_count`)."""
+        async with self._guard("paths"):
+            names = await self._client.hkeys(self.keys.next)
+        rows = [name.split("-") for name in names]
+        good = [row for row in rows if len(row) == self.levels and all(c.isdigit() for c in row)]
+        return np.array(good, dtype=np.int64).reshape(len(good), self.levels)
+
     async def ping(self) -> None:
         """Redis answers and this version is completely loaded with the expected levels."""
         async with self._guard("ping"), self._reads() as pipe:
