@@ -431,12 +431,11 @@ class RedisStore:
             return int(await self._client.hlen(self.keys.next))
 
     async def paths(self) -> np.ndarray:
-        """(P, levels) int64: every semantic path of the version (see `path_count`)."""
+        """(P, levels) int64: every semantic path of the version (see `path_count`);
+        ValueError if the hash holds anything else."""
         async with self._guard("paths"):
             names = await self._client.hkeys(self.keys.next)
-        rows = [name.split("-") for name in names]
-        good = [row for row in rows if len(row) == self.levels and all(c.isdigit() for c in row)]
-        return np.array(good, dtype=np.int64).reshape(len(good), self.levels)
+        return parse_sids(names, self.levels).astype(np.int64)
 
     async def ping(self) -> None:
         """Redis answers and this version is completely loaded with the expected levels."""
