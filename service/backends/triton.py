@@ -9,7 +9,7 @@ bound, so a stalled server becomes BackendUnavailable, never a hang. In the mode
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import numpy as np
@@ -148,31 +148,29 @@ class TritonBackend:
 
     async def check(self) -> None:
         models = [self.encoder_model, self.decoder_first_model, self.decoder_model]
-        try:
-            ready = await asyncio.wait_for(
-                asyncio.gather(*(self.client.is_model_ready(m) for m in models)),
-                self.timeout_s,
-            )
-        except Exception as exc:
-            raise BackendUnavailable(f"Triton at {self.url}: {exc or type(exc).__name__}") from exc
+        ready = await self._ask_each(models, self.client.is_model_ready)
         missing = [m for m, ok in zip(models, ready, strict=True) if not ok]
         if missing:
             raise BackendUnavailable(f"Triton at {self.url}: not ready: {', '.join(missing)}")
         if self.model_version is not None:
             await self._check_model_version(models)
 
+    async def _ask_each(self, models: list[str], ask: Callable[[str], Awaitable[Any]]) -> list[Any]:
+        """One request per model, side by side, bounded by the timeout; any failure is
+        BackendUnavailable naming the server."""
+        try:
+            return await asyncio.wait_for(asyncio.gather(*(ask(m) for m in models)), self.timeout_s)
+        except Exception as exc:
+            raise BackendUnavailable(f"Triton at {self.url}: {exc or type(exc).__name__}") from exc
+
     async def _check_model_version(self, models: list[str]) -> None:
         """Every model Triton serves carries the gateway bundle's `sid_model_version`
         (export/triton_repo.py writes it into each config). A gateway pointed at the Triton
         of another export would otherwise search its own trie with another model's scores:
         valid-looking SIDs, all wrong."""
-        try:
-            configs = await asyncio.wait_for(
-                asyncio.gather(*(self.client.get_model_config(m, as_json=True) for m in models)),
-                self.timeout_s,
-            )
-        except Exception as exc:
-            raise BackendUnavailable(f"Triton at {self.url}: {exc or type(exc).__name__}") from exc
+        configs = await self._ask_each(
+            models, lambda m: self.client.get_model_config(m, as_json=True)
+        )
         served = {m: served_model_version(c) for m, c in zip(models, configs, strict=True)}
         wrong = {m: v for m, v in served.items() if v != self.model_version}
         if wrong:
