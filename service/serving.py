@@ -22,7 +22,7 @@ from service.metrics import Metrics
 from service.onnx_model import codes_and_vectors
 from service.settings import Settings
 from service.sid_rows import SidRows
-from service.stores.base import Candidates, SidStore, StoreUnavailable, Vectors
+from service.stores.base import Candidates, SharedPaths, SidStore, StoreUnavailable, Vectors
 from service.tokenizer import BundleTokenizer, length_batches
 from service.trie import CompactTrie
 from sidserve.sids import format_sid
@@ -146,8 +146,8 @@ class SidService:
         if bind is not None:
             bind(asyncio.get_running_loop())
         self.batcher.start()
-        if self.settings.trie_refresh_s > 0 and hasattr(self.store, "paths"):
-            self._refresher = asyncio.create_task(self._refresh_trie_forever())
+        if self.settings.trie_refresh_s > 0 and isinstance(self.store, SharedPaths):
+            self._refresher = asyncio.create_task(self._refresh_trie_forever(self.store))
 
     async def close(self) -> None:
         if self._refresher is not None:
@@ -447,7 +447,7 @@ class SidService:
             self._paths = paths
             self.batcher.trie = CompactTrie.from_codes(paths, self.bundle.codebook_sizes)
 
-    async def _refresh_trie_forever(self) -> None:
+    async def _refresh_trie_forever(self, store: SharedPaths) -> None:
         """Every `trie_refresh_s`: when the store's count of paths moved, add the paths other
         gateways' upserts created. A gateway's own upserts extend its trie at once, but
         without this another replica's beams could never reach an item on a path new to the
@@ -455,14 +455,13 @@ class SidService:
         while True:
             await asyncio.sleep(self.settings.trie_refresh_s)
             try:
-                await self.refresh_trie()
+                await self.refresh_trie(store)
             except StoreUnavailable as exc:
                 log.debug("trie refresh skipped: %s", exc)
             except Exception:
                 log.exception("trie refresh failed")
 
-    async def refresh_trie(self) -> None:
-        store: Any = self.store
+    async def refresh_trie(self, store: SharedPaths) -> None:
         timeout = self.settings.store_timeout_s
         count = await self._bounded(store.path_count(), timeout, "store")
         if count == self._store_path_count:

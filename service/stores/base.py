@@ -143,6 +143,16 @@ class SidStore(Protocol):
     def stats(self) -> dict[str, Any]: ...
 
 
+@runtime_checkable
+class SharedPaths(Protocol):
+    """A store several gateways write to (Redis) can list the semantic paths it holds, so
+    each gateway's trie can follow the paths the others' upserts create."""
+
+    async def path_count(self) -> int: ...
+
+    async def paths(self) -> np.ndarray: ...
+
+
 _DIGITS_AND_DASHES = str.maketrans("", "", "0123456789-")
 
 
