@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.report import machine, md_table, write_report  # noqa: E402
-from export.item_table import assign_items  # noqa: E402
 from service.bundle import load_bundle  # noqa: E402
+from service.item_codes import assign_items  # noqa: E402
 from service.onnx_model import OnnxIndexer, make_session  # noqa: E402
 from service.tokenizer import BundleTokenizer  # noqa: E402
 

@@ -74,10 +74,10 @@ def _parity_queries(args: argparse.Namespace, judgments, catalog) -> list[str]:
 def export(args: argparse.Namespace) -> dict:
     from export.bundle import finish_bundle, write_item_table
     from export.graphs import EXPORTER, export_graphs
-    from export.item_table import assign_items
     from export.parity import ParityError, check_parity
     from export.quantize import quantize_graphs
     from service.bundle import TOKENIZER_FILE, TokenizerSpec
+    from service.item_codes import assign_items
     from service.onnx_model import OnnxIndexer
     from service.tokenizer import BundleTokenizer
     from training.indexer.checkpoint import load_checkpoint

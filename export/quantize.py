@@ -46,7 +46,7 @@ def quantize_graphs(
     graphs; returns the manifest's `quantization` entry (the files to serve, agreement)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from export.item_table import assign_items
+    from service.item_codes import assign_items
 
     # role -> (fp32 graph, its int8 version, e.g. encoder.int8.onnx)
     quantized = GRAPH_FILES if decoder else {"encoder": GRAPH_FILES["encoder"]}

@@ -111,9 +111,9 @@ def test_exported_encoder_packs_out_the_padding(tiny_export):
 
 def test_beam_parity_over_a_full_trie(tiny_export):
     """The catalog of a random model uses few paths; check beams where every path exists."""
-    from export.item_table import assign_items
     from export.parity import check_parity
     from service.bundle import load_bundle
+    from service.item_codes import assign_items
     from service.onnx_model import OnnxIndexer
     from service.tokenizer import BundleTokenizer
     from training.data import load_catalog
@@ -282,7 +282,7 @@ def test_int8_export_reports_agreement(tiny_export, tmp_path, capsys, mode, deco
     assert summary["model_version"] != tiny_export["summary"]["model_version"]
     # the item table is what the served graphs assign (same batches: dynamic int8 scales
     # activations per batch, so the batch a text is computed in can change its codes)
-    from export.item_table import assign_items
+    from service.item_codes import assign_items
     from service.onnx_model import OnnxIndexer
     from service.tokenizer import BundleTokenizer
     from training.data import load_catalog
