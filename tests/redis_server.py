@@ -1,4 +1,5 @@
-"""A real, throwaway `redis-server` for the tests (session-scoped fixture `redis_server`).
+"""A real, throwaway `redis-server` for the tests (fixture `redis_server`: one server per
+session, emptied before each test).
 
 Enable it with `pytest_plugins = ["tests.redis_server"]` in tests/conftest.py. The server
 listens on a free loopback port, persists nothing, and is terminated at the end of the
@@ -59,9 +60,9 @@ def running_redis(binary: str) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def redis_server() -> Iterator[str]:
-    """URL of a live, empty-at-start redis-server (tests should use their own versions or
-    FLUSHDB themselves: the server is shared by the whole session)."""
+def redis_session() -> Iterator[str]:
+    """URL of the session's one redis-server (started once: tests get it through
+    `redis_server`, which empties it first)."""
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.fail(
@@ -70,6 +71,15 @@ def redis_server() -> Iterator[str]:
         )
     with running_redis(binary) as url:
         yield url
+
+
+@pytest.fixture
+def redis_server(redis_session: str) -> str:
+    """URL of a live redis-server holding no keys when the test starts: versions, and the
+    upserts journal that every version's load reads, do not leak from one test to the next."""
+    with redis.Redis.from_url(redis_session) as client:
+        client.flushall()
+    return redis_session
 
 
 @pytest.fixture
