@@ -3,16 +3,24 @@ service/stores/redis_store.py).
 
 Idempotent by rebuilding: the version's namespace is cleared first (its meta first, so a
 half-loaded version is never reported `loaded`, then SCAN + UNLINK), then written in
-pipelined batches in catalog order, counters and meta last. Loading the same bundle twice
-leaves exactly the same keys and values, and upserts made since the previous load are
-dropped: the namespace is the bundle's table again. Versions are separate namespaces, so load
-a new model beside the serving one and `--activate` it (one SET) once it is complete;
+pipelined batches in catalog order, counters and meta last. Versions are separate namespaces,
+so load a new model beside the serving one and `--activate` it (one SET) once it is complete;
 reloading the version being served makes it unavailable (503) until the load finishes.
+
+Upserted items are not lost with the namespace: every upsert also records the item's text in
+the journal `sidserve:upserts`, shared by all versions, and the load re-encodes the journal's
+items with the bundle's own graphs (before clearing anything) and adds them after the
+catalog's, in item-id order, each on its path's next free disambiguation code. An id the
+bundle's table holds keeps the table's SID (the bundle's catalog is the newer word on it).
+So loading the same bundle twice leaves exactly the same keys and values, upserts included.
+`--upserts-only` re-encodes the journal into a version already loaded, through the gateway's
+own upsert script, for the upserts that other versions' gateways took during a rollout.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hashlib
 import logging
 import time
@@ -26,8 +34,17 @@ import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from service.bundle import load_bundle
-from service.stores.redis_store import ACTIVE_KEY, REFUSED_ERRORS, Keys, safe_url
+from service.bundle import Bundle, load_bundle
+from service.stores.base import StoreUnavailable, assign_sids
+from service.stores.redis_store import (
+    ACTIVE_KEY,
+    REFUSED_ERRORS,
+    UPSERTS_KEY,
+    Keys,
+    RedisStore,
+    encode_vector,
+    safe_url,
+)
 from sidserve.sids import format_sid
 
 log = logging.getLogger(__name__)
@@ -38,12 +55,25 @@ class RedisUnreachable(ValueError):
 
 
 @dataclass(frozen=True)
+class Replay:
+    """Upserted items re-encoded with the bundle being loaded: the journal's, less the ids
+    the bundle's table holds (`skipped`)."""
+
+    item_ids: list[str]
+    codes: np.ndarray  # (n, levels) semantic paths
+    vectors: np.ndarray | None  # (n, D) float32; None when the bundle keeps no item vectors
+    skipped: int = 0
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
 class LoadReport:
     model_version: str
     items: int
     removed_keys: int
     seconds: float
     table_sha256: str
+    replayed: int = 0
 
     @property
     def items_per_s(self) -> float:
@@ -58,6 +88,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--activate", action="store_true", help=f"then point {ACTIVE_KEY} at this version"
     )
     parser.add_argument("--timeout", type=float, default=30.0, help="socket timeout, seconds")
+    journal = parser.add_mutually_exclusive_group()
+    journal.add_argument(
+        "--no-upserts",
+        action="store_true",
+        help=f"load the bundle's table alone, without re-encoding the items in {UPSERTS_KEY}",
+    )
+    journal.add_argument(
+        "--upserts-only",
+        action="store_true",
+        help=f"re-encode the items in {UPSERTS_KEY} into the version, already loaded, "
+        "without rebuilding it (after a rollout: the upserts the old version's gateways took)",
+    )
 
 
 def table_digest(item_ids: Sequence[str], sids: np.ndarray) -> str:
@@ -92,16 +134,27 @@ def _batch_commands(pipe: Any, keys: Keys, ids: Sequence[str], sids: list[str]) 
         pipe.rpush(key, *entries)
 
 
+def next_codes(table: np.ndarray) -> dict[str, int]:
+    """Full semantic path "12-5-201" -> its next free disambiguation code in a SID table."""
+    out: dict[str, int] = {}
+    for row in table.tolist():
+        path = format_sid(row[:-1])
+        out[path] = max(out.get(path, 0), int(row[-1]) + 1)
+    return out
+
+
 def load_table(
     client: redis.Redis,
     model_version: str,
     item_ids: Sequence[str],
     sids: np.ndarray,
     *,
+    replay: Replay | None = None,
     batch: int = 5000,
     progress: bool = False,
 ) -> LoadReport:
-    """(Re)build one version's namespace from an item table; see the module docstring."""
+    """(Re)build one version's namespace from an item table, then the replayed upserts on
+    their paths' next free codes (the upsert rule, `assign_sids`); see the module docstring."""
     if batch < 1:
         raise ValueError(f"--batch must be >= 1, got {batch}")
     table = np.asarray(sids)
@@ -109,30 +162,93 @@ def load_table(
         raise ValueError(f"{len(item_ids)} ids for a SID table of shape {table.shape}")
     keys, levels = Keys(model_version), table.shape[1] - 1
     started = time.perf_counter()
+    next_code = next_codes(table)
+    ids, vectors = list(item_ids), {}
+    if replay is not None and replay.item_ids:
+        paths = [tuple(int(c) for c in row) for row in replay.codes.tolist()]
+        extra, counters = assign_sids(
+            replay.item_ids,
+            paths,
+            [None] * len(paths),
+            lambda path: next_code.get(format_sid(path), 0),
+            levels,
+        )
+        next_code.update((format_sid(path), code) for path, code in counters.items())
+        table, ids = np.concatenate([table, extra]), ids + replay.item_ids
+        if replay.vectors is not None:
+            vectors = dict(zip(replay.item_ids, map(encode_vector, replay.vectors), strict=True))
     removed = clear_version(client, keys)
     texts = [format_sid(row) for row in table.tolist()]
-    next_code: dict[str, int] = {}
-    for row, text in zip(table.tolist(), texts, strict=True):
-        path = text.rsplit("-", 1)[0]
-        next_code[path] = max(next_code.get(path, 0), int(row[-1]) + 1)
     with _progress(len(texts), model_version, progress) as bar:
         for start in range(0, len(texts), batch):
             pipe = client.pipeline(transaction=False)
-            _batch_commands(
-                pipe, keys, item_ids[start : start + batch], texts[start : start + batch]
-            )
+            _batch_commands(pipe, keys, ids[start : start + batch], texts[start : start + batch])
             pipe.execute()
             bar.update(min(batch, len(texts) - start))
-    paths = list(next_code.items())
-    for start in range(0, len(paths), batch):
-        client.hset(keys.next, mapping=dict(paths[start : start + batch]))
-    digest = table_digest(item_ids, table)
+    for name, mapping in ((keys.next, next_code), (keys.vectors, vectors)):
+        pairs = list(mapping.items())
+        for start in range(0, len(pairs), batch):
+            client.hset(name, mapping=dict(pairs[start : start + batch]))
+    digest = table_digest(item_ids, np.asarray(sids))
+    replayed = len(ids) - len(item_ids)
     client.hset(
         keys.meta,
-        mapping={"levels": levels, "items": len(texts), "table_sha256": digest, "loaded": 1},
+        mapping={
+            "levels": levels,
+            "items": len(texts),
+            "table_sha256": digest,
+            "upserts_replayed": replayed,
+            "loaded": 1,
+        },
     )
     seconds = time.perf_counter() - started
-    return LoadReport(model_version, len(texts), removed, seconds, digest)
+    return LoadReport(model_version, len(texts), removed, seconds, digest, replayed)
+
+
+def read_journal(client: redis.Redis) -> dict[str, str]:
+    """The upserts journal: item id -> the text of its last upsert, by any version."""
+    return dict(client.hscan_iter(UPSERTS_KEY, count=1000))
+
+
+def reencode(bundle: Bundle, journal: dict[str, str], *, progress: bool = True) -> Replay:
+    """The journal's items that the bundle's table does not hold, encoded with the bundle's
+    graphs as its gateway would (`/v1/items/encode`), in item-id order (a reproducible load).
+    The graphs are loaded only when there is something to encode."""
+    known = set(bundle.item_ids)
+    ids = sorted(i for i in journal if i not in known)
+    skipped = len(journal) - len(ids)
+    if not ids:
+        return Replay([], np.zeros((0, bundle.levels), dtype=np.int64), None, skipped)
+    from service.item_codes import assign_items
+    from service.onnx_model import OnnxIndexer
+    from service.tokenizer import BundleTokenizer
+
+    started = time.perf_counter()
+    model = OnnxIndexer(bundle.graph_paths)
+    tokenizer = BundleTokenizer(bundle.file(bundle.tokenizer.file), bundle.tokenizer)
+    texts = [journal[i] for i in ids]
+    codes, vectors = assign_items(
+        model, tokenizer, texts, bundle.levels, 64, progress, desc="re-encode upserts"
+    )
+    kept = vectors if bundle.item_vectors is not None else None  # as the gateway's upserts
+    return Replay(ids, codes, kept, skipped, time.perf_counter() - started)
+
+
+async def upsert_replay(
+    url: str, bundle: Bundle, replay: Replay, timeout_s: float, batch: int
+) -> None:
+    """Write re-encoded items into a loaded version with the gateway's own upsert (same path:
+    the SID is kept; another path: the item moves); StoreUnavailable if it is not loaded."""
+    store = RedisStore(url, bundle.model_version, bundle.levels, timeout_s=timeout_s)
+    try:
+        await store.ping()  # not loaded: say so, even with nothing to write
+        for start in range(0, len(replay.item_ids), batch):
+            part = slice(start, start + batch)
+            pairs = list(zip(replay.item_ids[part], replay.codes[part], strict=True))
+            vectors = None if replay.vectors is None else replay.vectors[part]
+            await store.upsert(pairs, vectors)
+    finally:
+        await store.close()
 
 
 class _NoBar:
@@ -191,18 +307,28 @@ def run(args: argparse.Namespace) -> int:
     client = connect(args.redis_url, args.timeout)
     url = safe_url(args.redis_url)
     try:
-        if client.get(ACTIVE_KEY) == bundle.model_version:
-            log.warning("reloading the active version %s: 503s until done", bundle.model_version)
-        report = load_table(
-            client,
-            bundle.model_version,
-            bundle.item_ids,
-            bundle.item_sids,
-            batch=args.batch,
-            progress=True,
-        )
-        if args.activate:
-            client.set(ACTIVE_KEY, bundle.model_version)
+        journal = {} if args.no_upserts else read_journal(client)
+        replay = reencode(bundle, journal)
+        if args.upserts_only:
+            asyncio.run(upsert_replay(args.redis_url, bundle, replay, args.timeout, args.batch))
+        else:
+            if client.get(ACTIVE_KEY) == bundle.model_version:
+                log.warning(
+                    "reloading the active version %s: 503s until done", bundle.model_version
+                )
+            report = load_table(
+                client,
+                bundle.model_version,
+                bundle.item_ids,
+                bundle.item_sids,
+                replay=replay,
+                batch=args.batch,
+                progress=True,
+            )
+            if args.activate:
+                client.set(ACTIVE_KEY, bundle.model_version)
+    except StoreUnavailable as exc:
+        raise RedisUnreachable(str(exc)) from exc
     except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
         raise RedisUnreachable(f"lost Redis at {url}: {_first_line(exc)}") from exc
     except REFUSED_ERRORS as exc:
@@ -213,9 +339,19 @@ def run(args: argparse.Namespace) -> int:
         ) from exc
     finally:
         client.close()
+    upserts = (
+        f"{len(replay.item_ids)} upserted items from {UPSERTS_KEY} re-encoded in "
+        f"{replay.seconds:.1f} s"
+    )
+    if replay.skipped:
+        upserts += f" ({replay.skipped} more are in the bundle's table and keep its SIDs)"
+    if args.upserts_only:
+        print(f"{upserts} and upserted into model version {bundle.model_version} at {url}")
+        return 0
     active = f"; {ACTIVE_KEY} = {report.model_version}" if args.activate else ""
     print(
         f"loaded {report.items} items of model version {report.model_version} into {url} "
-        f"in {report.seconds:.1f} s ({report.items_per_s:.0f} items/s){active}"
+        f"in {report.seconds:.1f} s ({report.items_per_s:.0f} items/s){active}; "
+        + ("upserts not replayed (--no-upserts)" if args.no_upserts else upserts)
     )
     return 0

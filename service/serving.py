@@ -394,7 +394,9 @@ class SidService:
         pairs = [(it.item_id, codes[n]) for n, it in enumerate(req.items)]
         t0 = time.perf_counter()
         if req.upsert:  # with the vectors, the bundle's similarity order covers them too
-            op = self.store.upsert(pairs, vectors if self.vectors is not None else None)
+            op = self.store.upsert(
+                pairs, vectors if self.vectors is not None else None, texts=texts
+            )
         else:
             op = self.store.preview(pairs)
         sids = await self._bounded(op, self.settings.store_timeout_s, "store")

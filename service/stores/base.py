@@ -123,11 +123,17 @@ class SidStore(Protocol):
         ...
 
     async def upsert(
-        self, items: Sequence[tuple[str, np.ndarray]], vectors: np.ndarray | None = None
+        self,
+        items: Sequence[tuple[str, np.ndarray]],
+        vectors: np.ndarray | None = None,
+        texts: Sequence[str] | None = None,
     ) -> np.ndarray:
         """Store (item id, (L,) semantic codes) pairs; their SIDs (n, L+1) int32, see
         `assign_sids`. `vectors` (n, D): each item's dense vector, kept (as float16) until its
-        next upsert; without them an item's earlier vector is dropped. Atomic per call."""
+        next upsert; without them an item's earlier vector is dropped. `texts`: the items'
+        texts, which a store shared by model versions keeps in its upserts journal so that
+        loading the next version re-encodes them (Redis; the in-process store lives and dies
+        with one version and ignores them). Atomic per call."""
         ...
 
     async def preview(self, items: Sequence[tuple[str, np.ndarray]]) -> np.ndarray:
@@ -223,6 +229,16 @@ def check_vectors(vectors: np.ndarray | None, n: int) -> np.ndarray | None:
     if not np.isfinite(arr).all():
         raise ValueError("vectors must be finite")
     return arr.astype(np.float16)
+
+
+def check_texts(texts: Sequence[str] | None, n: int) -> list[str] | None:
+    """Upsert texts -> a list of n non-blank strings, or ValueError."""
+    if texts is None:
+        return None
+    out = list(texts)
+    if len(out) != n or not all(isinstance(t, str) and t.strip() for t in out):
+        raise ValueError(f"texts must be {n} non-blank strings, one per item")
+    return out
 
 
 def plan_probes(paths: np.ndarray, levels: int, min_depth: int) -> list[Probe]:

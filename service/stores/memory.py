@@ -31,6 +31,7 @@ from service.stores.base import (
     Vectors,
     assign_sids,
     check_items,
+    check_texts,
     check_vectors,
     fetch_size,
     pick_ranked,
@@ -187,8 +188,12 @@ class MemoryStore:
         return self._assign(items)[1]
 
     async def upsert(
-        self, items: Sequence[tuple[str, np.ndarray]], vectors: np.ndarray | None = None
+        self,
+        items: Sequence[tuple[str, np.ndarray]],
+        vectors: np.ndarray | None = None,
+        texts: Sequence[str] | None = None,
     ) -> np.ndarray:
+        check_texts(texts, len(items))  # validated like Redis's, then not kept (one version)
         async with self._lock:  # no await inside: one call is applied as a whole
             ids, sids, counters = self._assign(items)
             stored = check_vectors(vectors, len(ids))

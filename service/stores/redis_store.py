@@ -11,13 +11,17 @@ client itself is single-node, docs/deployment.md):
     sidserve:{V}:next           hash   full path "12-5-201" -> next free disambiguation code
     sidserve:{V}:vec            hash   item id -> base64 of its upserted float16 dense vector
     sidserve:active             string the model version the gateways serve
+    sidserve:upserts            hash   item id -> the text of its last upsert, any version: the
+                                       journal `load-items` re-encodes into the next version
 
 Versions never share a key, so a new model is loaded beside the serving one and switched to
 with one SET of `sidserve:active` (`sidserve load-items --activate`). Each list entry carries
 the SID as well as the id, so `candidates_many` is one call of a ranking script for a whole
 batch (PICK_LUA, which also reads the picked items' upserted vectors): one round trip, read
 from one consistent snapshot (a script runs atomically). `upsert` is one Lua script
-(atomic), `get_sids`, `lookup`, `preview` and `ping` one pipeline of reads each (not
+(atomic, and it writes the upserts journal in the same step: the one key outside the
+version's slot, which a cluster would refuse; clusters are not supported), `get_sids`,
+`lookup`, `preview` and `ping` one pipeline of reads each (not
 transactions: see `_reads`). Every call runs under a deadline of `timeout_s` (socket timeouts
 too), and connection failures, timeouts and refusals (`REFUSED_ERRORS`: a full or read-only
 Redis refuses upserts, reads go on) become StoreUnavailable (a 503).
@@ -61,6 +65,7 @@ from service.stores.base import (
     Vectors,
     assign_sids,
     check_items,
+    check_texts,
     check_vectors,
     fetch_size,
     format_sid,
@@ -69,6 +74,7 @@ from service.stores.base import (
 )
 
 ACTIVE_KEY = "sidserve:active"
+UPSERTS_KEY = "sidserve:upserts"  # the upserts journal (module docstring), shared by versions
 CLIENT_NAME = "sidserve-gateway"  # in Redis's CLIENT LIST, so operators see which are ours
 # Replies of a Redis that answers but will not do it now: full under `noeviction`, a replica
 # after a failover, a cluster without a master for the slot, an ACL without the command.
@@ -136,16 +142,18 @@ end
 return replies
 """
 
-# KEYS: sid hash, next hash, meta hash, vector hash. ARGV: prefix-list key stem, then (item id,
-# path, vector) triples, vector "" for none (which drops the item's earlier one). Redis runs a
+# KEYS: sid hash, next hash, meta hash, vector hash, upserts journal. ARGV: prefix-list key
+# stem, then (item id, path, vector, text) quadruples, vector "" for none (which drops the
+# item's earlier one), text "" for none (the journal is left as it is). Redis runs a
 # script atomically, so concurrent upserts never share a disambiguation code, and a moved item
 # is out of its old lists before anyone can read the new ones. Returns false (None in Python),
 # writing nothing, when the version is not marked loaded.
 UPSERT_LUA = """
 if redis.call('HGET', KEYS[3], 'loaded') ~= '1' then return false end
 local stem, out, added = ARGV[1], {}, 0
-for i = 2, #ARGV, 3 do
-  local id, path, vector = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+for i = 2, #ARGV, 4 do
+  local id, path, vector, text = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  if text ~= '' then redis.call('HSET', KEYS[5], id, text) end
   if vector == '' then
     redis.call('HDEL', KEYS[4], id)
   else
@@ -390,17 +398,21 @@ class RedisStore:
         return Lookup(self._parse_stored(found), decode_vectors(vectors))
 
     async def upsert(
-        self, items: Sequence[tuple[str, np.ndarray]], vectors: np.ndarray | None = None
+        self,
+        items: Sequence[tuple[str, np.ndarray]],
+        vectors: np.ndarray | None = None,
+        texts: Sequence[str] | None = None,
     ) -> np.ndarray:
         ids, paths = check_items(items, self.levels)
         if not ids:
             return np.zeros((0, self.levels + 1), dtype=np.int32)
         stored = check_vectors(vectors, len(ids))
+        journal = check_texts(texts, len(ids))
         args = [self.keys.list_stem]
         for k, (item_id, path) in enumerate(zip(ids, paths, strict=True)):
             vector = "" if stored is None else encode_vector(stored[k])
-            args += [item_id, format_sid(path), vector]
-        keys = [self.keys.sids, self.keys.next, self.keys.meta, self.keys.vectors]
+            args += [item_id, format_sid(path), vector, "" if journal is None else journal[k]]
+        keys = [self.keys.sids, self.keys.next, self.keys.meta, self.keys.vectors, UPSERTS_KEY]
         # safe to retry: a repeated upsert finds the path it wrote and keeps the SID
         async with self._guard("upsert"):
             sids = await self._upsert(keys=keys, args=args)
