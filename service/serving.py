@@ -51,6 +51,7 @@ def build_backend(settings: Settings, bundle: Bundle) -> InferenceBackend:
             settings.inference_timeout_s,
             settings.triton_reconnect_max_s,
             bundle.model_version,
+            settings.triton_check_s,
         )
     from service.backends.embedded import EmbeddedBackend
 

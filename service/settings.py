@@ -86,6 +86,13 @@ class Settings(BaseSettings):
         description="longest wait between gRPC reconnection attempts while Triton is away, "
         "so the gateway answers again at most this long after Triton is back",
     )
+    triton_check_s: float = Field(
+        5.0,
+        ge=0,
+        description="how often the gateway reads the sid_model_version of the models Triton "
+        "serves (and before the first inference after Triton was unreachable), refusing "
+        "inference with 503 while it is not the bundle's (0 = at /readyz only)",
+    )
     store_timeout_s: float = Field(1.0, gt=0)
     trie_refresh_s: float = Field(
         5.0,

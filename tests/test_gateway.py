@@ -791,6 +791,62 @@ def test_readyz_refuses_a_triton_serving_another_model_version(
     assert served_model_version({"config": {"parameters": {}}}) is None
 
 
+def test_a_running_gateway_refuses_a_triton_restarted_on_another_model_and_comes_back(
+    triton_bundle_dir, triton_repo_dir, tmp_path
+):
+    """Triton restarted on another export's repository (same ports) while the gateway runs:
+    503s naming both versions, not another model's scores in this gateway's trie; its own
+    model back, the same answers. Without `triton_check_s` (0) the wrong answers are 200s."""
+    from export.triton_repo import materialise
+    from tests.triton_server import free_ports, run_tritonserver, variant_bundle
+
+    other = variant_bundle(triton_bundle_dir, tmp_path / "other")
+    other_repo = materialise(other, tmp_path / "other-repo", "cpu")
+    ports = free_ports(3)
+    body = {"queries": QUERIES, "candidates": 0}
+
+    def gateway(check_s: float) -> TestClient:
+        settings = Settings(
+            bundle=triton_bundle_dir,
+            triton_url=f"127.0.0.1:{ports[1]}",
+            inference_timeout_s=1.0,
+            triton_reconnect_max_s=0.2,
+            triton_check_s=check_s,
+        )
+        return TestClient(create_app(settings))
+
+    def first(c: TestClient, ok) -> httpx.Response:
+        """The first answer that `ok` accepts, within 10 s."""
+        deadline = time.monotonic() + 10
+        while not ok(r := c.post("/v1/query/sids", json=body)):
+            assert time.monotonic() < deadline, r.text
+            time.sleep(0.05)
+        return r
+
+    with gateway(0.3) as c, gateway(0) as unchecked:
+        with run_tritonserver(triton_repo_dir, tmp_path / "t1", ports=ports):
+            want = first(c, lambda r: r.status_code == 200).json()
+            first(unchecked, lambda r: r.status_code == 200)
+        with run_tritonserver(other_repo, tmp_path / "t2", ports=ports):
+            ready = time.monotonic()
+            r = first(c, lambda r: r.status_code != 503 or "another model" in r.text)
+            took = time.monotonic() - ready
+            assert r.status_code == 503, r.text  # never a 200 from the other model
+            assert r.json()["error"] == "backend_unavailable"
+            message = r.json()["message"]
+            assert load_bundle(other).model_version in message, message
+            assert load_bundle(triton_bundle_dir).model_version in message, message
+            for _ in range(5):
+                time.sleep(0.1)
+                assert c.post("/v1/query/sids", json=body).status_code == 503
+            assert c.get("/readyz").status_code == 503
+            assert first(unchecked, lambda r: r.status_code != 503).status_code == 200
+        with run_tritonserver(triton_repo_dir, tmp_path / "t3", ports=ports):
+            assert first(c, lambda r: r.status_code == 200).json() == want
+            assert c.get("/readyz").status_code == 200
+    assert took < 2.0, f"refused {took:.1f} s after the other Triton was ready"
+
+
 def test_serve_reports_bad_settings_in_one_line(monkeypatch, capsys, tmp_path):
     from sidserve.cli import main
 

@@ -9,6 +9,7 @@ bound, so a stalled server becomes BackendUnavailable, never a hang. In the mode
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -61,6 +62,7 @@ class TritonBackend:
         timeout_s: float,
         reconnect_max_s: float = 1.0,
         model_version: str | None = None,
+        check_s: float = 0.0,
     ) -> None:
         from tritonclient.grpc import aio as grpcclient
 
@@ -70,8 +72,16 @@ class TritonBackend:
         self.timeout_s = timeout_s
         self.reconnect_max_s = reconnect_max_s
         self.model_version = model_version  # the bundle's; None = not checked
+        self.check_s = check_s  # 0 = the model version is checked by /readyz only
         self.client: Any = None
         self.loop: asyncio.AbstractEventLoop | None = None
+        # what the last reading of the models' sid_model_version said: None = this bundle's,
+        # else the refusal every inference gets; `_verified` is False until a reading since
+        # Triton was last unreachable (a restart may bring up another repository)
+        self._mismatch: str | None = None
+        self._verified = False
+        self._verifying: asyncio.Lock | None = None
+        self._watcher: asyncio.Task[None] | None = None
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         """Create the aio client on the gateway's running loop (gRPC aio needs one)."""
@@ -79,6 +89,45 @@ class TritonBackend:
         self.client = self._grpc.InferenceServerClient(
             url=self.url, channel_args=channel_args(self.reconnect_max_s)
         )
+        if self._guarded:
+            self._verifying = asyncio.Lock()
+            self._watcher = loop.create_task(self._watch())
+
+    @property
+    def _guarded(self) -> bool:
+        """Every inference is checked against the served model version (`check_s` > 0)."""
+        return self.model_version is not None and self.check_s > 0
+
+    async def _watch(self) -> None:
+        """Read the served model versions every `check_s`: a Triton whose repository changed
+        under a running gateway (an in-place export with polling, a restart on another
+        repository) is refused within that period instead of scoring this gateway's trie
+        with another model's logits, and accepted again once it serves this bundle."""
+        while True:
+            with contextlib.suppress(BackendUnavailable):
+                await self._verify()
+            await asyncio.sleep(self.check_s)
+
+    async def _verify(self) -> None:
+        """One reading of the served model versions; BackendUnavailable if Triton does not
+        answer (then the next inference reads them again before it runs)."""
+        models = [self.encoder_model, self.decoder_first_model, self.decoder_model]
+        try:
+            self._mismatch = await self._version_mismatch(models)
+        except BackendUnavailable:
+            self._verified = False
+            raise
+        self._verified = True
+
+    async def _admit(self) -> None:
+        """Before an inference: a reading since Triton was last unreachable (one shared by
+        the requests waiting for it), and that it found this bundle's model."""
+        if not self._verified and self._verifying is not None:
+            async with self._verifying:
+                if not self._verified:
+                    await self._verify()
+        if self._mismatch is not None:
+            raise BackendUnavailable(self._mismatch)
 
     def _wait(self, coro: Coroutine[Any, Any, Any]) -> Any:
         if self.loop is None:
@@ -99,6 +148,8 @@ class TritonBackend:
     async def _infer(
         self, model: str, inputs: dict[str, np.ndarray], outputs: list[str]
     ) -> list[np.ndarray]:
+        if self._guarded:
+            await self._admit()
         g = self._grpc
         reqs = []
         for name, arr in inputs.items():
@@ -106,12 +157,16 @@ class TritonBackend:
             x = g.InferInput(name, list(arr.shape), dtype)
             x.set_data_from_numpy(np.ascontiguousarray(arr))
             reqs.append(x)
-        result = await self.client.infer(
-            model,
-            reqs,
-            outputs=[g.InferRequestedOutput(name) for name in outputs],
-            client_timeout=self.timeout_s,
-        )
+        try:
+            result = await self.client.infer(
+                model,
+                reqs,
+                outputs=[g.InferRequestedOutput(name) for name in outputs],
+                client_timeout=self.timeout_s,
+            )
+        except Exception:
+            self._verified = False  # it may come back as another repository
+            raise
         return [result.as_numpy(name) for name in outputs]
 
     def encode(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -153,7 +208,10 @@ class TritonBackend:
         if missing:
             raise BackendUnavailable(f"Triton at {self.url}: not ready: {', '.join(missing)}")
         if self.model_version is not None:
-            await self._check_model_version(models)
+            self._mismatch = await self._version_mismatch(models)
+            self._verified = True
+            if self._mismatch is not None:
+                raise BackendUnavailable(self._mismatch)
 
     async def _ask_each(self, models: list[str], ask: Callable[[str], Awaitable[Any]]) -> list[Any]:
         """One request per model, side by side, bounded by the timeout; any failure is
@@ -163,24 +221,29 @@ class TritonBackend:
         except Exception as exc:
             raise BackendUnavailable(f"Triton at {self.url}: {exc or type(exc).__name__}") from exc
 
-    async def _check_model_version(self, models: list[str]) -> None:
-        """Every model Triton serves carries the gateway bundle's `sid_model_version`
-        (export/triton_repo.py writes it into each config). A gateway pointed at the Triton
-        of another export would otherwise search its own trie with another model's scores:
-        valid-looking SIDs, all wrong."""
+    async def _version_mismatch(self, models: list[str]) -> str | None:
+        """None if every model Triton serves carries the gateway bundle's `sid_model_version`
+        (export/triton_repo.py writes it into each config), else what to answer instead. A
+        gateway pointed at the Triton of another export would otherwise search its own trie
+        with another model's scores: valid-looking SIDs, all wrong."""
         configs = await self._ask_each(
             models, lambda m: self.client.get_model_config(m, as_json=True)
         )
         served = {m: served_model_version(c) for m, c in zip(models, configs, strict=True)}
         wrong = {m: v for m, v in served.items() if v != self.model_version}
-        if wrong:
-            found = ", ".join(f"{m} {v or 'without a sid_model_version'}" for m, v in wrong.items())
-            raise BackendUnavailable(
-                f"Triton at {self.url} serves another model: {found}; this gateway's bundle "
-                f"is {self.model_version} (point SIDSERVE_TRITON_URL at the Triton whose "
-                "repository was exported with this bundle)"
-            )
+        if not wrong:
+            return None
+        found = ", ".join(f"{m} {v or 'without a sid_model_version'}" for m, v in wrong.items())
+        return (
+            f"Triton at {self.url} serves another model: {found}; this gateway's bundle "
+            f"is {self.model_version} (point SIDSERVE_TRITON_URL at the Triton whose "
+            "repository was exported with this bundle)"
+        )
 
     async def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
         if self.client is not None:
             await self.client.close()
