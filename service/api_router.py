@@ -46,6 +46,12 @@ async def encode_items(body: p.EncodeRequest, request: Request) -> p.EncodeRespo
     return await service(request).encode_items(body)
 
 
+@router.post("/v1/items/delete", response_model=p.DeleteResponse, responses=ERRORS)
+async def delete_items(body: p.DeleteRequest, request: Request) -> p.DeleteResponse:
+    """Item ids -> removed from the store (discontinued products): no longer candidates."""
+    return await service(request).delete_items(body)
+
+
 @router.post("/v1/relevance", response_model=p.RelevanceResponse, responses=ERRORS)
 async def relevance(body: p.RelevanceRequest, request: Request) -> p.RelevanceResponse:
     """A query and candidate item ids from another retriever -> prefix-match features."""

@@ -12,9 +12,12 @@ the journal `sidserve:upserts`, shared by all versions, and the load re-encodes 
 items with the bundle's own graphs (before clearing anything) and adds them after the
 catalog's, in item-id order, each on its path's next free disambiguation code. An id the
 bundle's table holds keeps the table's SID (the bundle's catalog is the newer word on it).
-So loading the same bundle twice leaves exactly the same keys and values, upserts included.
-`--upserts-only` re-encodes the journal into a version already loaded, through the gateway's
-own upsert script, for the upserts that other versions' gateways took during a rollout.
+Deleted items stay deleted the same way: a delete records the id in `sidserve:deleted` (and
+drops it from the journal), and the load leaves those ids out of the table; an upsert of the
+id takes it off that set. So loading the same bundle twice leaves exactly the same keys and
+values, upserts and deletions included. `--journal-only` applies the journal to a version
+already loaded, through the gateway's own upsert and delete scripts, for the changes that
+other versions' gateways took during a rollout; `--no-journal` loads the bundle's table alone.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +41,7 @@ from service.bundle import Bundle, load_bundle
 from service.stores.base import StoreUnavailable, assign_sids
 from service.stores.redis_store import (
     ACTIVE_KEY,
+    DELETED_KEY,
     REFUSED_ERRORS,
     UPSERTS_KEY,
     Keys,
@@ -55,13 +59,22 @@ class RedisUnreachable(ValueError):
 
 
 @dataclass(frozen=True)
+class Journal:
+    """What the gateways changed since the bundles: upserted texts and deleted ids."""
+
+    upserts: dict[str, str] = field(default_factory=dict)  # item id -> its last text
+    deleted: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
 class Replay:
-    """Upserted items re-encoded with the bundle being loaded: the journal's, less the ids
-    the bundle's table holds (`skipped`)."""
+    """The journal made ready for one bundle: its upserted items re-encoded with the bundle's
+    graphs, less the ids the bundle's table holds (`skipped`), and its deleted ids."""
 
     item_ids: list[str]
     codes: np.ndarray  # (n, levels) semantic paths
     vectors: np.ndarray | None  # (n, D) float32; None when the bundle keeps no item vectors
+    deleted: list[str] = field(default_factory=list)  # sorted
     skipped: int = 0
     seconds: float = 0.0
 
@@ -74,6 +87,7 @@ class LoadReport:
     seconds: float
     table_sha256: str
     replayed: int = 0
+    left_out: int = 0  # rows of the bundle's table deleted since
 
     @property
     def items_per_s(self) -> float:
@@ -90,15 +104,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=30.0, help="socket timeout, seconds")
     journal = parser.add_mutually_exclusive_group()
     journal.add_argument(
-        "--no-upserts",
+        "--no-journal",
         action="store_true",
-        help=f"load the bundle's table alone, without re-encoding the items in {UPSERTS_KEY}",
+        help=f"load the bundle's table alone: no re-encoded upserts ({UPSERTS_KEY}), no "
+        f"deletions ({DELETED_KEY})",
     )
     journal.add_argument(
-        "--upserts-only",
+        "--journal-only",
         action="store_true",
-        help=f"re-encode the items in {UPSERTS_KEY} into the version, already loaded, "
-        "without rebuilding it (after a rollout: the upserts the old version's gateways took)",
+        help="apply the journal (upserts re-encoded, deletions) to the version, already "
+        "loaded, without rebuilding it (after a rollout: what the old version's gateways took)",
     )
 
 
@@ -153,8 +168,9 @@ def load_table(
     batch: int = 5000,
     progress: bool = False,
 ) -> LoadReport:
-    """(Re)build one version's namespace from an item table, then the replayed upserts on
-    their paths' next free codes (the upsert rule, `assign_sids`); see the module docstring."""
+    """(Re)build one version's namespace from an item table less the replay's deleted ids,
+    then the replayed upserts on their paths' next free codes (the upsert rule,
+    `assign_sids`; a deleted row's code is not handed out again); see the module docstring."""
     if batch < 1:
         raise ValueError(f"--batch must be >= 1, got {batch}")
     table = np.asarray(sids)
@@ -163,7 +179,12 @@ def load_table(
     keys, levels = Keys(model_version), table.shape[1] - 1
     started = time.perf_counter()
     next_code = next_codes(table)
-    ids, vectors = list(item_ids), {}
+    ids, vectors, left_out = list(item_ids), {}, 0
+    if replay is not None and replay.deleted:
+        gone = set(replay.deleted)
+        keep = np.array([i not in gone for i in ids], dtype=bool)
+        left_out = int((~keep).sum())
+        table, ids = table[keep], [i for i, k in zip(ids, keep.tolist(), strict=True) if k]
     if replay is not None and replay.item_ids:
         paths = [tuple(int(c) for c in row) for row in replay.codes.tolist()]
         extra, counters = assign_sids(
@@ -190,7 +211,7 @@ def load_table(
         for start in range(0, len(pairs), batch):
             client.hset(name, mapping=dict(pairs[start : start + batch]))
     digest = table_digest(item_ids, np.asarray(sids))
-    replayed = len(ids) - len(item_ids)
+    replayed = len(ids) - len(item_ids) + left_out
     client.hset(
         keys.meta,
         mapping={
@@ -198,27 +219,31 @@ def load_table(
             "items": len(texts),
             "table_sha256": digest,
             "upserts_replayed": replayed,
+            "deleted_left_out": left_out,
             "loaded": 1,
         },
     )
     seconds = time.perf_counter() - started
-    return LoadReport(model_version, len(texts), removed, seconds, digest, replayed)
+    return LoadReport(model_version, len(texts), removed, seconds, digest, replayed, left_out)
 
 
-def read_journal(client: redis.Redis) -> dict[str, str]:
-    """The upserts journal: item id -> the text of its last upsert, by any version."""
-    return dict(client.hscan_iter(UPSERTS_KEY, count=1000))
+def read_journal(client: redis.Redis) -> Journal:
+    """The journal of every version's gateways: upserted texts and deleted ids."""
+    upserts = dict(client.hscan_iter(UPSERTS_KEY, count=1000))
+    return Journal(upserts, set(client.sscan_iter(DELETED_KEY, count=1000)))
 
 
-def reencode(bundle: Bundle, journal: dict[str, str], *, progress: bool = True) -> Replay:
-    """The journal's items that the bundle's table does not hold, encoded with the bundle's
-    graphs as its gateway would (`/v1/items/encode`), in item-id order (a reproducible load).
-    The graphs are loaded only when there is something to encode."""
+def reencode(bundle: Bundle, journal: Journal, *, progress: bool = True) -> Replay:
+    """The journal's upserted items that the bundle's table does not hold, encoded with the
+    bundle's graphs as its gateway would (`/v1/items/encode`), in item-id order (a
+    reproducible load), and its deleted ids. The graphs are loaded only when there is
+    something to encode."""
     known = set(bundle.item_ids)
-    ids = sorted(i for i in journal if i not in known)
-    skipped = len(journal) - len(ids)
+    ids = sorted(i for i in journal.upserts if i not in known)
+    skipped, deleted = len(journal.upserts) - len(ids), sorted(journal.deleted)
     if not ids:
-        return Replay([], np.zeros((0, bundle.levels), dtype=np.int64), None, skipped)
+        empty = np.zeros((0, bundle.levels), dtype=np.int64)
+        return Replay([], empty, None, deleted, skipped)
     from service.item_codes import assign_items
     from service.onnx_model import OnnxIndexer
     from service.tokenizer import BundleTokenizer
@@ -226,19 +251,20 @@ def reencode(bundle: Bundle, journal: dict[str, str], *, progress: bool = True) 
     started = time.perf_counter()
     model = OnnxIndexer(bundle.graph_paths)
     tokenizer = BundleTokenizer(bundle.file(bundle.tokenizer.file), bundle.tokenizer)
-    texts = [journal[i] for i in ids]
+    texts = [journal.upserts[i] for i in ids]
     codes, vectors = assign_items(
         model, tokenizer, texts, bundle.levels, 64, progress, desc="re-encode upserts"
     )
     kept = vectors if bundle.item_vectors is not None else None  # as the gateway's upserts
-    return Replay(ids, codes, kept, skipped, time.perf_counter() - started)
+    return Replay(ids, codes, kept, deleted, skipped, time.perf_counter() - started)
 
 
-async def upsert_replay(
+async def apply_replay(
     url: str, bundle: Bundle, replay: Replay, timeout_s: float, batch: int
-) -> None:
+) -> int:
     """Write re-encoded items into a loaded version with the gateway's own upsert (same path:
-    the SID is kept; another path: the item moves); StoreUnavailable if it is not loaded."""
+    the SID is kept; another path: the item moves), then delete the deleted ids; how many of
+    those were still stored. StoreUnavailable if the version is not loaded."""
     store = RedisStore(url, bundle.model_version, bundle.levels, timeout_s=timeout_s)
     try:
         await store.ping()  # not loaded: say so, even with nothing to write
@@ -247,6 +273,10 @@ async def upsert_replay(
             pairs = list(zip(replay.item_ids[part], replay.codes[part], strict=True))
             vectors = None if replay.vectors is None else replay.vectors[part]
             await store.upsert(pairs, vectors)
+        removed = 0
+        for start in range(0, len(replay.deleted), batch):
+            removed += sum(await store.delete(replay.deleted[start : start + batch]))
+        return removed
     finally:
         await store.close()
 
@@ -307,10 +337,11 @@ def run(args: argparse.Namespace) -> int:
     client = connect(args.redis_url, args.timeout)
     url = safe_url(args.redis_url)
     try:
-        journal = {} if args.no_upserts else read_journal(client)
-        replay = reencode(bundle, journal)
-        if args.upserts_only:
-            asyncio.run(upsert_replay(args.redis_url, bundle, replay, args.timeout, args.batch))
+        replay = reencode(bundle, Journal() if args.no_journal else read_journal(client))
+        if args.journal_only:
+            removed = asyncio.run(
+                apply_replay(args.redis_url, bundle, replay, args.timeout, args.batch)
+            )
         else:
             if client.get(ACTIVE_KEY) == bundle.model_version:
                 log.warning(
@@ -325,6 +356,7 @@ def run(args: argparse.Namespace) -> int:
                 batch=args.batch,
                 progress=True,
             )
+            removed = report.left_out
             if args.activate:
                 client.set(ACTIVE_KEY, bundle.model_version)
     except StoreUnavailable as exc:
@@ -339,19 +371,22 @@ def run(args: argparse.Namespace) -> int:
         ) from exc
     finally:
         client.close()
-    upserts = (
+    journal = (
         f"{len(replay.item_ids)} upserted items from {UPSERTS_KEY} re-encoded in "
         f"{replay.seconds:.1f} s"
     )
     if replay.skipped:
-        upserts += f" ({replay.skipped} more are in the bundle's table and keep its SIDs)"
-    if args.upserts_only:
-        print(f"{upserts} and upserted into model version {bundle.model_version} at {url}")
+        journal += f" ({replay.skipped} more are in the bundle's table and keep its SIDs)"
+    journal += f"; {removed} deleted items ({DELETED_KEY}) " + (
+        "removed" if args.journal_only else "left out"
+    )
+    if args.journal_only:
+        print(f"{journal}: applied to model version {bundle.model_version} at {url}")
         return 0
     active = f"; {ACTIVE_KEY} = {report.model_version}" if args.activate else ""
     print(
         f"loaded {report.items} items of model version {report.model_version} into {url} "
         f"in {report.seconds:.1f} s ({report.items_per_s:.0f} items/s){active}; "
-        + ("upserts not replayed (--no-upserts)" if args.no_upserts else upserts)
+        + ("journal not applied (--no-journal)" if args.no_journal else journal)
     )
     return 0

@@ -133,16 +133,24 @@ class QuerySidsResponse(BaseModel):
     results: list[QueryResult]
 
 
-class EncodeItem(Strict):
-    item_id: Text = Field(min_length=1, max_length=256)
-    text: Text
+def _item_id(value: str) -> str:
+    if value != value.strip() or "\n" in value or "|" in value:
+        raise ValueError("must have no surrounding whitespace, newline or '|'")
+    return value
 
-    @field_validator("item_id")
-    @classmethod
-    def _id(cls, v: str) -> str:
-        if v != v.strip() or "\n" in v or "|" in v:
-            raise ValueError("must have no surrounding whitespace, newline or '|'")
-        return v
+
+# an item id a request may store (the Redis lists hold "sid|id" entries, one per line)
+ItemId = Annotated[Text, Field(min_length=1, max_length=256), AfterValidator(_item_id)]
+
+
+def _distinct_ids(field: str, ids: list[str]) -> None:
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"{field}: item_id values must be distinct within a request")
+
+
+class EncodeItem(Strict):
+    item_id: ItemId
+    text: Text
 
     @field_validator("text")
     @classmethod
@@ -158,9 +166,7 @@ class EncodeRequest(Strict):
 
     @model_validator(mode="after")
     def _distinct(self) -> EncodeRequest:
-        ids = [i.item_id for i in self.items]
-        if len(set(ids)) != len(ids):
-            raise ValueError("items: item_id values must be distinct within a request")
+        _distinct_ids("items", [i.item_id for i in self.items])
         return self
 
 
@@ -175,6 +181,24 @@ class EncodedItem(BaseModel):
 class EncodeResponse(BaseModel):
     model_version: str
     items: list[EncodedItem]
+
+
+class DeleteRequest(Strict):
+    item_ids: list[ItemId] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> DeleteRequest:
+        _distinct_ids("item_ids", self.item_ids)
+        return self
+
+
+class DeleteResponse(BaseModel):
+    model_version: str
+    deleted: list[str] = Field(description="ids that were stored, now removed")
+    unknown: list[str] = Field(
+        description="ids that were not stored (with Redis still recorded as deleted, so that "
+        "later loads leave them out)"
+    )
 
 
 class RelevanceRequest(BeamOptions):

@@ -418,6 +418,23 @@ class SidService:
             ],
         )
 
+    async def delete_items(self, req: p.DeleteRequest) -> p.DeleteResponse:
+        if len(req.item_ids) > self.settings.max_delete_items:
+            raise LimitError(
+                "item_ids",
+                f"{len(req.item_ids)} given, at most {self.settings.max_delete_items}",
+            )
+        t0 = time.perf_counter()
+        stored = await self._bounded(
+            self.store.delete(req.item_ids), self.settings.store_timeout_s, "store"
+        )
+        self.metrics.stage_seconds.labels("store").observe(time.perf_counter() - t0)
+        return p.DeleteResponse(
+            model_version=self.model_version,
+            deleted=[i for i, was in zip(req.item_ids, stored, strict=True) if was],
+            unknown=[i for i, was in zip(req.item_ids, stored, strict=True) if not was],
+        )
+
     async def _item_codes(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Greedy semantic codes (n, L) and dense vectors (n, D) of item texts, from one
         encoder pass. The batch is split across the batch workers (by token length, so each

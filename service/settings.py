@@ -29,6 +29,7 @@ class Settings(BaseSettings):
     max_queries: int = Field(64, ge=1, description="queries per /v1/query/sids request")
     max_items: int = Field(256, ge=1, description="items per /v1/items/encode request")
     max_relevance_items: int = Field(1000, ge=1, description="item ids per /v1/relevance")
+    max_delete_items: int = Field(1000, ge=1, description="item ids per /v1/items/delete")
     max_text_chars: int = Field(2000, ge=1, description="characters per query or item text")
     max_body_bytes: int = Field(
         8 * 2**20, ge=1, description="bytes per request body; a larger one is a 413"

@@ -371,6 +371,53 @@ def test_encode_matches_table_and_upsert_makes_items_retrievable(client, bundle_
     np.testing.assert_allclose(upserted, [1.0, -1.0], rtol=1e-6)
 
 
+def test_deleted_items_are_no_longer_candidates_and_can_come_back(bundle_dir):
+    """`/v1/items/delete` on the in-process store (the Redis one: tests/test_stores.py and
+    tests/test_item_journal.py): gone from queries and /v1/relevance, reported per id."""
+    bundle = load_bundle(bundle_dir)
+    first = bundle.item_ids[0]
+    query = {"query": "drill", "candidates": 1000, "min_depth": 0, "order": "beam"}
+    with TestClient(create_app(Settings(bundle=bundle_dir, max_delete_items=3))) as c:
+
+        def candidates() -> list[str]:
+            r = c.post("/v1/query/sids", json=query)
+            return [x["item_id"] for x in r.json()["results"][0]["candidates"]]
+
+        before = candidates()
+        assert first in before
+        new = {"item_id": "new-1", "text": "Cordless Drill 20V"}
+        c.post("/v1/items/encode", json={"items": [new], "upsert": True})
+        r = c.post("/v1/items/delete", json={"item_ids": ["new-1", first, "never"]})
+        assert r.status_code == 200, r.text
+        assert p.DeleteResponse.model_validate(r.json()).model_dump(mode="json") == r.json()
+        assert r.json() == {
+            "model_version": bundle.model_version,
+            "deleted": ["new-1", first],
+            "unknown": ["never"],
+        }
+        assert candidates() == [i for i in before if i != first]
+        rel = c.post("/v1/relevance", json={"query": "drill", "item_ids": [first, "new-1"]})
+        assert rel.json()["unknown"] == [first, "new-1"]
+        again = c.post("/v1/items/delete", json={"item_ids": [first]}).json()
+        assert again["deleted"] == [] and again["unknown"] == [first]
+        back = {"items": [{**new, "item_id": first}], "upsert": True}
+        sid = c.post("/v1/items/encode", json=back).json()["items"][0]["sid"]
+        assert sid.rsplit("-", 1)[0] == format_sid(bundle.item_sids[0][:-1])  # its path,
+        assert sid != format_sid(bundle.item_sids[0])  # but a new code
+        assert first in candidates()
+        for body, field in [
+            ({"item_ids": []}, "item_ids"),
+            ({"item_ids": ["a", "a"]}, "distinct"),
+            ({"item_ids": ["a|b"]}, "item_ids.0"),
+            ({"item_ids": ["a", "b", "c", "d"]}, "at most 3"),
+            ({"item_ids": "a"}, "item_ids"),
+            ({"ids": ["a"]}, "ids"),
+        ]:
+            r = c.post("/v1/items/delete", json=body)
+            assert r.status_code == 422, (body, r.text)
+            assert field in r.json()["message"], (body, r.text)
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
     [

@@ -22,7 +22,14 @@ from service.launcher import free_port
 from service.load_items import load_table
 from service.stores.base import SidStore, StoreUnavailable
 from service.stores.memory import MemoryStore
-from service.stores.redis_store import ACTIVE_KEY, CLIENT_NAME, Keys, RedisStore
+from service.stores.redis_store import (
+    ACTIVE_KEY,
+    CLIENT_NAME,
+    DELETED_KEY,
+    UPSERTS_KEY,
+    Keys,
+    RedisStore,
+)
 from sidserve.cli import main as sidserve_main
 from sidserve.sids import format_sid
 
@@ -99,6 +106,13 @@ class Reference:
         self.order.append(item_id)
         self.sid[item_id] = (*path, code)
         return self.sid[item_id]
+
+    def delete(self, item_id: str) -> bool:
+        """Gone from every list; its code is not handed out again (the counter stays)."""
+        if self.sid.pop(item_id, None) is None:
+            return False
+        self.order.remove(item_id)
+        return True
 
     def candidates(self, beams: np.ndarray, limit: int, min_depth: int) -> list[str]:
         ranked = []
@@ -377,15 +391,22 @@ def test_move_leaves_no_stale_entry(backend: Backend) -> None:
     backend.run(ids, sids, body)
 
 
-def test_random_upserts_match_reference(backend: Backend) -> None:
+def test_random_upserts_and_deletes_match_reference(backend: Backend) -> None:
     for seed in range(12):
         rng = np.random.default_rng(100 + seed)
         levels, k = int(rng.integers(1, 4)), 3
         ids, sids = random_table(rng, int(rng.integers(0, 30)), levels, k)
         ref = Reference.of(ids, sids)
 
-        async def body(store: SidStore, rng=rng, ref=ref, levels=levels, k=k) -> None:
+        async def body(store: SidStore, rng=rng, ref=ref, levels=levels, k=k, ids=ids) -> None:
             for step in range(25):
+                if rng.random() < 0.25:  # a delete: known ids (base, upserted), or unknown
+                    known = list(ref.sid)
+                    pick = [known[i] for i in rng.integers(len(known), size=2)] if known else []
+                    gone = sorted({*pick, f"never-{step}"})
+                    want_gone = [ref.delete(i) for i in gone]
+                    assert await store.delete(gone) == want_gone
+                    assert await store.get_sids(gone) == [None] * len(gone)
                 batch = []
                 for _ in range(int(rng.integers(1, 4))):
                     known = list(ref.sid)
@@ -393,11 +414,14 @@ def test_random_upserts_match_reference(backend: Backend) -> None:
                         item_id = known[rng.integers(len(known))]
                         same = rng.random() < 0.3
                         path = ref.sid[item_id][:-1] if same else tuple(rng.integers(0, k, levels))
-                    else:
-                        item_id, path = (
-                            f"new-{step}-{len(batch)}",
-                            tuple(rng.integers(0, k, levels)),
+                    else:  # new, or back after a delete
+                        back = [i for i in ids if i not in ref.sid]
+                        item_id = (
+                            back[rng.integers(len(back))]
+                            if back and rng.random() < 0.5
+                            else f"new-{step}-{len(batch)}"
                         )
+                        path = tuple(rng.integers(0, k, levels))
                     batch.append((item_id, np.array(path)))
                 want = [ref.upsert(i, tuple(int(c) for c in p)) for i, p in batch]
                 got = await store.upsert(batch)
@@ -558,40 +582,75 @@ def test_ping_and_open(redis_client: redis.Redis, redis_server: str) -> None:
     asyncio.run(body())
 
 
+def on_two_items(
+    redis_client: redis.Redis, url: str, body: Callable[[RedisStore], Awaitable[None]]
+) -> None:
+    """Load version v1 with items a (1-2-0) and b (1-3-0), run `body` on a store of it, and
+    always close the store."""
+
+    async def run() -> None:
+        store = RedisStore(url, "v1", 2, timeout_s=1.0)
+        try:
+            await body(store)
+        finally:
+            await store.close()
+
+    load_table(redis_client, "v1", ["a", "b"], np.array([[1, 2, 0], [1, 3, 0]], dtype=np.int32))
+    asyncio.run(run())
+
+
 def test_a_version_that_lost_its_meta_refuses_every_read_and_write(
     redis_client: redis.Redis, redis_server: str
 ) -> None:
     """A load under way (it deletes the meta first) or a flushed Redis: 503s, not answers with
     missing candidates, and an upsert writes nothing into the namespace being rebuilt."""
-    ids, sids = ["a", "b"], np.array([[1, 2, 0], [1, 3, 0]], dtype=np.int32)
     keys = Keys("v1")
 
-    async def body() -> None:
-        store = RedisStore(redis_server, "v1", 2, timeout_s=1.0)
-        try:
-            one = np.array([[1, 2]])
-            assert (await store.candidates(one, 5)).item_ids == ["a", "b"]
-            redis_client.delete(keys.meta)
-            calls = {
-                "candidates": store.candidates(one, 5),
-                "candidates_many": store.candidates_many([one, one], 5),
-                "get_sids": store.get_sids(["a"]),
-                "lookup": store.lookup(["a"]),
-                "upsert": store.upsert([("c", np.array([1, 2]))]),
-                "preview": store.preview([("c", np.array([1, 2]))]),
-                "ping": store.ping(),
-            }
-            for name, call in calls.items():
-                with pytest.raises(StoreUnavailable, match="not .*loaded.*load-items"):
-                    await call
-                assert redis_client.hgetall(keys.sids) == {"a": "1-2-0", "b": "1-3-0"}, name
-            assert redis_client.lrange(keys.prefix_list("1-2"), 0, -1) == ["1-2-0|a"]
-            assert not redis_client.exists(keys.vectors, keys.meta)
-        finally:
-            await store.close()
+    async def body(store: RedisStore) -> None:
+        one = np.array([[1, 2]])
+        assert (await store.candidates(one, 5)).item_ids == ["a", "b"]
+        redis_client.delete(keys.meta)
+        calls = {
+            "candidates": store.candidates(one, 5),
+            "candidates_many": store.candidates_many([one, one], 5),
+            "get_sids": store.get_sids(["a"]),
+            "lookup": store.lookup(["a"]),
+            "upsert": store.upsert([("c", np.array([1, 2]))], texts=["c text"]),
+            "preview": store.preview([("c", np.array([1, 2]))]),
+            "delete": store.delete(["a"]),
+            "ping": store.ping(),
+        }
+        for name, call in calls.items():
+            with pytest.raises(StoreUnavailable, match="not .*loaded.*load-items"):
+                await call
+            assert redis_client.hgetall(keys.sids) == {"a": "1-2-0", "b": "1-3-0"}, name
+        assert redis_client.lrange(keys.prefix_list("1-2"), 0, -1) == ["1-2-0|a"]
+        assert not redis_client.exists(keys.vectors, keys.meta, UPSERTS_KEY, DELETED_KEY)
 
-    load_table(redis_client, "v1", ids, sids)
-    asyncio.run(body())
+    on_two_items(redis_client, redis_server, body)
+
+
+def test_deletes_and_upserts_keep_the_shared_journal(
+    redis_client: redis.Redis, redis_server: str
+) -> None:
+    """A delete drops the id's journalled text and records it as deleted, for every version's
+    next load; a client's upsert of it takes it off the deleted set (the product is back)."""
+
+    async def body(store: RedisStore) -> None:
+        await store.upsert([("c", np.array([1, 2]))], texts=["c text"])
+        assert redis_client.hgetall(UPSERTS_KEY) == {"c": "c text"}
+        assert await store.delete(["c", "a", "zz"]) == [True, True, False]
+        assert redis_client.hlen(UPSERTS_KEY) == 0
+        assert redis_client.smembers(DELETED_KEY) == {"a", "c", "zz"}
+        assert redis_client.hget(Keys("v1").meta, "items") == "1"
+        await store.upsert([("a", np.array([1, 2]))])  # a replay (no text): still deleted
+        assert redis_client.smembers(DELETED_KEY) == {"a", "c", "zz"}
+        sid = await store.upsert([("c", np.array([1, 2]))], texts=["c again"])
+        assert format_sid(sid[0]) == "1-2-3"  # 0-2 handed out before: never again
+        assert redis_client.smembers(DELETED_KEY) == {"a", "zz"}
+        assert redis_client.hgetall(UPSERTS_KEY) == {"c": "c again"}
+
+    on_two_items(redis_client, redis_server, body)
 
 
 def test_a_store_comes_back_after_redis_restarts_and_the_table_is_reloaded(

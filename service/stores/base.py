@@ -140,6 +140,14 @@ class SidStore(Protocol):
         """The SIDs `upsert` would give now, without storing anything."""
         ...
 
+    async def delete(self, item_ids: Sequence[str]) -> list[bool]:
+        """Remove items: their SIDs, prefix-list entries and vectors; per id, whether it was
+        stored. A removed SID is never handed out again (the path's counter stays), and an
+        upsert of the id later stores it anew. A store shared by model versions also drops
+        the id from its upserts journal and records it as deleted, so that loads of this or
+        the next version leave it out (Redis). Atomic per call."""
+        ...
+
     async def ping(self) -> None:
         """Return when the store can serve this version, else raise StoreUnavailable."""
         ...
@@ -206,10 +214,7 @@ def check_items(
     items: Sequence[tuple[str, np.ndarray]], levels: int
 ) -> tuple[list[str], list[Path]]:
     """Upsert input -> (ids, paths), or ValueError naming what is wrong."""
-    ids = [item_id for item_id, _ in items]
-    bad = [i for i in ids if not isinstance(i, str) or not i or i != i.strip() or "\n" in i]
-    if bad:
-        raise ValueError(f"item ids must be non-empty single-line strings, e.g. {bad[0]!r}")
+    ids = check_ids([item_id for item_id, _ in items])
     if not items:
         return ids, []
     try:
@@ -217,6 +222,16 @@ def check_items(
     except ValueError as exc:
         raise ValueError(f"semantic codes of the items: {exc}") from exc
     return ids, [tuple(row) for row in codes.tolist()]
+
+
+def check_ids(item_ids: Sequence[str]) -> list[str]:
+    """Item ids -> a list, or ValueError: non-empty single-line strings without surrounding
+    whitespace (a newline would break the Redis lists' entries)."""
+    ids = list(item_ids)
+    bad = [i for i in ids if not isinstance(i, str) or not i or i != i.strip() or "\n" in i]
+    if bad:
+        raise ValueError(f"item ids must be non-empty single-line strings, e.g. {bad[0]!r}")
+    return ids
 
 
 def check_vectors(vectors: np.ndarray | None, n: int) -> np.ndarray | None:

@@ -30,6 +30,7 @@ from service.stores.base import (
     Path,
     Vectors,
     assign_sids,
+    check_ids,
     check_items,
     check_texts,
     check_vectors,
@@ -64,6 +65,8 @@ class MemoryStore:
         self._count = n  # rows in use
         self._moved = np.zeros(n, dtype=bool)  # base rows that left their base lists
         self._n_moved = 0
+        self._deleted = np.zeros(n, dtype=bool)  # base rows whose item was deleted
+        self._n_items = n  # stored items (rows less deleted ones)
         self._new_ids: dict[str, int] = {}  # upserted ids not in the base -> row
         self._delta: list[dict[Path, list[int]]] = [{} for _ in range(self.levels)]
         self._next: dict[Path, int] = {}  # path -> next free code, once a path was upserted
@@ -106,7 +109,8 @@ class MemoryStore:
             return row
         pos = int(np.searchsorted(self._sorted_ids, item_id))
         if pos < self._n_base and self._sorted_ids[pos] == item_id:
-            return int(self._id_order[pos])
+            row = int(self._id_order[pos])
+            return None if self._deleted[row] else row
         return None
 
     def _base_runs(self, depth: int, prefixes: np.ndarray) -> list[np.ndarray]:
@@ -205,6 +209,7 @@ class MemoryStore:
                 row = self._row_of(item_id)
                 if row is None:
                     row = self._append_row(item_id)
+                    self._n_items += 1
                 elif (self._sids[row] == sid).all():
                     continue
                 else:
@@ -215,6 +220,22 @@ class MemoryStore:
                     self._delta[depth - 1].setdefault(path[:depth], []).append(row)
             self._next.update(counters)
         return sids
+
+    async def delete(self, item_ids: Sequence[str]) -> list[bool]:
+        ids = check_ids(item_ids)
+        async with self._lock:  # no await inside: one call is applied as a whole
+            out = []
+            for item_id in ids:
+                self._vectors.pop(item_id, None)
+                row = self._row_of(item_id)
+                out.append(row is not None)
+                if row is None:
+                    continue
+                self._unlist(row)
+                if self._new_ids.pop(item_id, None) is None:
+                    self._deleted[row] = True  # a base row: its id stays in the sorted ids
+                self._n_items -= 1
+        return out
 
     def _unlist(self, row: int) -> None:
         """Take a row out of every prefix list it is in (its base runs, or delta lists)."""
@@ -250,7 +271,7 @@ class MemoryStore:
     def nbytes(self) -> int:
         """Bytes held for the table: arrays, trie, id strings, upserted vectors, plus ~100 per
         upsert entry."""
-        arrays = [self._sids, self._moved, self._id_order, self._base_next]
+        arrays = [self._sids, self._moved, self._deleted, self._id_order, self._base_next]
         total = sum(a.nbytes for a in [*arrays, *self._order, *self._offsets])
         total += self._ids.nbytes + self._sorted_ids.nbytes
         total += self._trie.nbytes if self._trie is not None else 0
@@ -265,8 +286,8 @@ class MemoryStore:
             "backend": "memory",
             "model_version": self.model_version,
             "levels": self.levels,
-            "items": self._count,
+            "items": self._n_items,
             "upserted": len(self._new_ids) + self._n_moved,
             "bytes": nbytes,
-            "bytes_per_item": nbytes / self._count if self._count else 0.0,
+            "bytes_per_item": nbytes / self._n_items if self._n_items else 0.0,
         }

@@ -13,15 +13,16 @@ client itself is single-node, docs/deployment.md):
     sidserve:active             string the model version the gateways serve
     sidserve:upserts            hash   item id -> the text of its last upsert, any version: the
                                        journal `load-items` re-encodes into the next version
+    sidserve:deleted            set    ids deleted since (any version): loads leave them out
 
 Versions never share a key, so a new model is loaded beside the serving one and switched to
 with one SET of `sidserve:active` (`sidserve load-items --activate`). Each list entry carries
 the SID as well as the id, so `candidates_many` is one call of a ranking script for a whole
 batch (PICK_LUA, which also reads the picked items' upserted vectors): one round trip, read
-from one consistent snapshot (a script runs atomically). `upsert` is one Lua script
-(atomic, and it writes the upserts journal in the same step: the one key outside the
-version's slot, which a cluster would refuse; clusters are not supported), `get_sids`,
-`lookup`, `preview` and `ping` one pipeline of reads each (not
+from one consistent snapshot (a script runs atomically). `upsert` and `delete` are one Lua
+script each (atomic; they also write the upserts journal and the deleted set in the same
+step, the keys outside the version's slot, which a cluster would refuse: clusters are not
+supported), `get_sids`, `lookup`, `preview` and `ping` one pipeline of reads each (not
 transactions: see `_reads`). Every call runs under a deadline of `timeout_s` (socket timeouts
 too), and connection failures, timeouts and refusals (`REFUSED_ERRORS`: a full or read-only
 Redis refuses upserts, reads go on) become StoreUnavailable (a 503).
@@ -64,6 +65,7 @@ from service.stores.base import (
     StoreUnavailable,
     Vectors,
     assign_sids,
+    check_ids,
     check_items,
     check_texts,
     check_vectors,
@@ -75,6 +77,7 @@ from service.stores.base import (
 
 ACTIVE_KEY = "sidserve:active"
 UPSERTS_KEY = "sidserve:upserts"  # the upserts journal (module docstring), shared by versions
+DELETED_KEY = "sidserve:deleted"  # ids deleted since, shared by versions
 CLIENT_NAME = "sidserve-gateway"  # in Redis's CLIENT LIST, so operators see which are ours
 # Replies of a Redis that answers but will not do it now: full under `noeviction`, a replica
 # after a failover, a cluster without a master for the slot, an ACL without the command.
@@ -142,18 +145,36 @@ end
 return replies
 """
 
-# KEYS: sid hash, next hash, meta hash, vector hash, upserts journal. ARGV: prefix-list key
-# stem, then (item id, path, vector, text) quadruples, vector "" for none (which drops the
-# item's earlier one), text "" for none (the journal is left as it is). Redis runs a
+# Takes entry "{sid}|{id}" out of the prefix lists of every depth of its path (stem: the
+# version's prefix-list key stem). Shared by the upsert (a moved item) and delete scripts.
+UNLIST_LUA = """
+local function unlist(stem, sid, id)
+  local entry, prefix = sid .. '|' .. id, nil
+  for code in string.gmatch(string.match(sid, '^(.*)%-%d+$'), '%d+') do
+    prefix = prefix and (prefix .. '-' .. code) or code
+    redis.call('LREM', stem .. prefix, 0, entry)
+  end
+end
+"""
+
+# KEYS: sid hash, next hash, meta hash, vector hash, upserts journal, deleted set. ARGV:
+# prefix-list key stem, then (item id, path, vector, text) quadruples, vector "" for none
+# (which drops the item's earlier one), text "" for none (the journal and the deleted set are
+# left as they are; else the text is journalled and the id is no longer deleted). Redis runs a
 # script atomically, so concurrent upserts never share a disambiguation code, and a moved item
 # is out of its old lists before anyone can read the new ones. Returns false (None in Python),
 # writing nothing, when the version is not marked loaded.
-UPSERT_LUA = """
+UPSERT_LUA = (
+    UNLIST_LUA
+    + """
 if redis.call('HGET', KEYS[3], 'loaded') ~= '1' then return false end
 local stem, out, added = ARGV[1], {}, 0
 for i = 2, #ARGV, 4 do
   local id, path, vector, text = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  if text ~= '' then redis.call('HSET', KEYS[5], id, text) end
+  if text ~= '' then
+    redis.call('HSET', KEYS[5], id, text)
+    redis.call('SREM', KEYS[6], id)
+  end
   if vector == '' then
     redis.call('HDEL', KEYS[4], id)
   else
@@ -166,11 +187,7 @@ for i = 2, #ARGV, 4 do
     if old_path == path then
       sid = old
     else
-      local entry, prefix = old .. '|' .. id, nil
-      for code in string.gmatch(old_path, '%d+') do
-        prefix = prefix and (prefix .. '-' .. code) or code
-        redis.call('LREM', stem .. prefix, 0, entry)
-      end
+      unlist(stem, old, id)
     end
   else
     added = added + 1
@@ -189,6 +206,34 @@ end
 if added > 0 then redis.call('HINCRBY', KEYS[3], 'items', added) end
 return out
 """
+)
+
+# KEYS: sid hash, meta hash, vector hash, upserts journal, deleted set. ARGV: prefix-list key
+# stem, then item ids. Per id 1 if it was stored, else 0; false (None), writing nothing, when
+# the version is not marked loaded. The id leaves the journal and joins the deleted set
+# either way (it may be stored in another version).
+DELETE_LUA = (
+    UNLIST_LUA
+    + """
+if redis.call('HGET', KEYS[2], 'loaded') ~= '1' then return false end
+local stem, out, removed = ARGV[1], {}, 0
+for i = 2, #ARGV do
+  local id = ARGV[i]
+  local old = redis.call('HGET', KEYS[1], id)
+  if old then
+    unlist(stem, old, id)
+    redis.call('HDEL', KEYS[1], id)
+    removed = removed + 1
+  end
+  redis.call('HDEL', KEYS[3], id)
+  redis.call('HDEL', KEYS[4], id)
+  redis.call('SADD', KEYS[5], id)
+  out[#out + 1] = old and 1 or 0
+end
+if removed > 0 then redis.call('HINCRBY', KEYS[2], 'items', -removed) end
+return out
+"""
+)
 
 
 class Keys:
@@ -300,6 +345,7 @@ class RedisStore:
         self._client = make_client(url, timeout_s, retries)
         self._upsert = self._client.register_script(UPSERT_LUA)
         self._pick = self._client.register_script(PICK_LUA)
+        self._delete = self._client.register_script(DELETE_LUA)
         self._items: int | None = None
 
     @classmethod
@@ -412,13 +458,26 @@ class RedisStore:
         for k, (item_id, path) in enumerate(zip(ids, paths, strict=True)):
             vector = "" if stored is None else encode_vector(stored[k])
             args += [item_id, format_sid(path), vector, "" if journal is None else journal[k]]
-        keys = [self.keys.sids, self.keys.next, self.keys.meta, self.keys.vectors, UPSERTS_KEY]
+        keys = [self.keys.sids, self.keys.next, self.keys.meta, self.keys.vectors]
+        keys += [UPSERTS_KEY, DELETED_KEY]
         # safe to retry: a repeated upsert finds the path it wrote and keeps the SID
         async with self._guard("upsert"):
             sids = await self._upsert(keys=keys, args=args)
         if sids is None:
             raise self._not_loaded()
         return parse_sids(list(sids), self.levels + 1)
+
+    async def delete(self, item_ids: Sequence[str]) -> list[bool]:
+        ids = check_ids(item_ids)
+        if not ids:
+            return []
+        keys = [self.keys.sids, self.keys.meta, self.keys.vectors, UPSERTS_KEY, DELETED_KEY]
+        # safe to retry: a repeated delete finds nothing left to remove
+        async with self._guard("delete"):
+            stored = await self._delete(keys=keys, args=[self.keys.list_stem, *ids])
+        if stored is None:
+            raise self._not_loaded()
+        return [bool(x) for x in stored]
 
     async def preview(self, items: Sequence[tuple[str, np.ndarray]]) -> np.ndarray:
         ids, paths = check_items(items, self.levels)

@@ -1,6 +1,7 @@
-"""The upserts journal: items upserted through `/v1/items/encode` survive `sidserve load-items`
-(a reload of their version, the load of the next one) and a rollout (`--upserts-only`), on
-the tiny exported bundle and a real Redis."""
+"""The journal: items upserted through `/v1/items/encode` and deleted through
+`/v1/items/delete` stay so across `sidserve load-items` (a reload of their version, the load
+of the next one) and a rollout (`--journal-only`), on the tiny exported bundle and a real
+Redis."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from service.app import create_app
 from service.bundle import load_bundle
 from service.settings import Settings
 from service.stores.memory import MemoryStore
-from service.stores.redis_store import UPSERTS_KEY, Keys, RedisStore
+from service.stores.redis_store import DELETED_KEY, UPSERTS_KEY, Keys, RedisStore
 from sidserve.cli import main
 from sidserve.sids import format_sid
 from tests.test_stores import dump
@@ -85,7 +86,7 @@ def test_upserts_are_journalled_with_their_text_only_when_stored(bundle_dir, red
 def test_a_reload_re_encodes_the_upserted_items(bundle_dir, redis_server, capsys):
     """The same SIDs and vectors as before the reload for cold-start items, the table's SID
     for a catalog item (the bundle's word on it), the same keys on every load, none of it
-    with `--no-upserts`."""
+    with `--no-journal`."""
     client = redis.Redis.from_url(redis_server, decode_responses=True)
     bundle = load_bundle(bundle_dir)
     catalog_id, keys = bundle.item_ids[0], Keys(bundle.model_version)
@@ -104,6 +105,7 @@ def test_a_reload_re_encodes_the_upserted_items(bundle_dir, redis_server, capsys
     assert f"loaded {len(bundle.item_ids) + 2} items" in out, out
     assert "2 upserted items from sidserve:upserts re-encoded" in out, out
     assert "1 more are in the bundle's table" in out, out
+    assert "0 deleted items (sidserve:deleted) left out" in out, out
     with TestClient(create_app(settings)) as c:
         after = found(c, ids)
     assert set(after) == set(ids)
@@ -118,8 +120,8 @@ def test_a_reload_re_encodes_the_upserted_items(bundle_dir, redis_server, capsys
     load_items(bundle_dir, redis_server)
     assert dump(client) == first
 
-    load_items(bundle_dir, redis_server, "--no-upserts")
-    assert "upserts not replayed (--no-upserts)" in capsys.readouterr().out
+    load_items(bundle_dir, redis_server, "--no-journal")
+    assert "journal not applied (--no-journal)" in capsys.readouterr().out
     with TestClient(create_app(settings)) as c:
         assert set(found(c, ids)) == {catalog_id}
     assert client.hget(keys.meta, "upserts_replayed") == "0"
@@ -130,7 +132,7 @@ def test_a_rollout_carries_the_old_versions_upserts_to_the_new_one(
     bundle_dir, redis_server, tmp_path, capsys
 ):
     """Upserts taken by V1's gateways before V2's load come with the load; those taken after
-    it (the rollout still under way) with `load-items --upserts-only` once it is over."""
+    it (the rollout still under way) with `load-items --journal-only` once it is over."""
     client = redis.Redis.from_url(redis_server, decode_responses=True)
     v2_dir = variant_bundle(bundle_dir, tmp_path / "v2")
     v1 = Settings(bundle=bundle_dir, redis_url=redis_server)
@@ -146,7 +148,7 @@ def test_a_rollout_carries_the_old_versions_upserts_to_the_new_one(
         upsert(old, {"new-2": COLD["new-2"]})  # during the rollout: V1's namespace only
         assert "new-2" not in found(new, ["new-2"])
         capsys.readouterr()
-        load_items(v2_dir, redis_server, "--upserts-only")
+        load_items(v2_dir, redis_server, "--journal-only")
         assert "2 upserted items from sidserve:upserts re-encoded" in capsys.readouterr().out
         got = found(new, ["new-1", "new-2"])
         assert got["new-1"]["sid"] == carried["sid"]  # same path: its SID is kept
@@ -154,17 +156,64 @@ def test_a_rollout_carries_the_old_versions_upserts_to_the_new_one(
 
     pattern = Keys(load_bundle(v2_dir).model_version).pattern
     first = dump(client, pattern)
-    load_items(v2_dir, redis_server, "--upserts-only")
+    load_items(v2_dir, redis_server, "--journal-only")
     assert dump(client, pattern) == first  # nothing moves when nothing changed
 
 
-def test_upserts_only_needs_the_version_loaded(bundle_dir, redis_server, capsys):
+def test_deleted_items_stay_deleted_across_loads_and_rollouts(
+    bundle_dir, redis_server, tmp_path, capsys
+):
+    """A deleted catalog item and a deleted upserted one are left out of every later load,
+    of this version or the next (or removed from it by `--journal-only`), until an upsert
+    brings one back."""
+    client = redis.Redis.from_url(redis_server, decode_responses=True)
+    bundle = load_bundle(bundle_dir)
+    catalog_id, other_id = bundle.item_ids[0], bundle.item_ids[1]
+    v2_dir = variant_bundle(bundle_dir, tmp_path / "v2")
+    v1 = Settings(bundle=bundle_dir, redis_url=redis_server)
+    v2 = Settings(bundle=v2_dir, redis_url=redis_server)
+    ids = [catalog_id, other_id, *COLD]
+    load_items(bundle_dir, redis_server)
+    with TestClient(create_app(v1)) as c:
+        upsert(c, COLD)
+        r = c.post("/v1/items/delete", json={"item_ids": [catalog_id, "new-1", "never"]})
+        assert r.status_code == 200, r.text
+        assert r.json()["deleted"] == [catalog_id, "new-1"] and r.json()["unknown"] == ["never"]
+    assert client.smembers(DELETED_KEY) == {catalog_id, "new-1", "never"}
+    assert client.hgetall(UPSERTS_KEY) == {"new-2": COLD["new-2"]}
+    capsys.readouterr()
+
+    load_items(bundle_dir, redis_server)  # the same version again
+    assert "1 deleted items (sidserve:deleted) left out" in capsys.readouterr().out
+    assert client.hget(Keys(bundle.model_version).meta, "deleted_left_out") == "1"
+    with TestClient(create_app(v1)) as c:
+        assert set(found(c, ids)) == {other_id, "new-2"}
+        load_items(v2_dir, redis_server)  # the next version
+        with TestClient(create_app(v2)) as new:
+            assert set(found(new, ids)) == {other_id, "new-2"}
+            # during the rollout: an old gateway deletes, the new version still has the item
+            assert c.post("/v1/items/delete", json={"item_ids": [other_id]}).status_code == 200
+            assert other_id in found(new, ids)
+            capsys.readouterr()
+            load_items(v2_dir, redis_server, "--journal-only")
+            assert "1 deleted items (sidserve:deleted) removed" in capsys.readouterr().out
+            assert set(found(new, ids)) == {"new-2"}
+            upsert(new, {catalog_id: "Cordless Drill 20V back in stock"})  # back
+    assert client.smembers(DELETED_KEY) == {other_id, "new-1", "never"}
+    load_items(bundle_dir, redis_server)
+    with TestClient(create_app(v1)) as c:
+        assert set(found(c, ids)) == {catalog_id, "new-2"}
+        # the bundle's own SID: an id the table holds keeps the table's SID
+        assert found(c, [catalog_id])[catalog_id]["sid"] == format_sid(bundle.item_sids[0])
+
+
+def test_journal_only_needs_the_version_loaded(bundle_dir, redis_server, capsys):
     argv = ["load-items", "--bundle", str(bundle_dir), "--redis-url", redis_server]
-    assert main([*argv, "--upserts-only"]) == 2
+    assert main([*argv, "--journal-only"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("sidserve load-items: error: model version "), err
     assert "not (completely) loaded" in err[-1] and "load-items" in err[-1]
     with pytest.raises(SystemExit) as exited:  # argparse: one or the other
-        main([*argv, "--upserts-only", "--no-upserts"])
+        main([*argv, "--journal-only", "--no-journal"])
     assert exited.value.code == 2
     assert "not allowed with argument" in capsys.readouterr().err
