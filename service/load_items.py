@@ -15,9 +15,12 @@ bundle's table holds keeps the table's SID (the bundle's catalog is the newer wo
 Deleted items stay deleted the same way: a delete records the id in `sidserve:deleted` (and
 drops it from the journal), and the load leaves those ids out of the table; an upsert of the
 id takes it off that set. So loading the same bundle twice leaves exactly the same keys and
-values, upserts and deletions included. `--journal-only` applies the journal to a version
-already loaded, through the gateway's own upsert and delete scripts, for the changes that
-other versions' gateways took during a rollout; `--no-journal` loads the bundle's table alone.
+values, upserts and deletions included. Once the table is rebuilt, the journal is read again
+and what gateways journalled meanwhile is applied. `--journal-only` applies the journal to a
+version already loaded, through the gateway's own upsert and delete scripts in their replay
+modes (a change is written only if the journal still says so, so nothing a gateway did since
+the journal was read is undone), for the changes that other versions' gateways took during a
+rollout; `--no-journal` loads the bundle's table alone.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,17 +69,31 @@ class Journal:
     deleted: set[str] = field(default_factory=set)
 
 
+def changes_since(before: Journal, after: Journal) -> Journal:
+    """What gateways journalled between two readings: upserts new or with another text, and
+    ids deleted since."""
+    upserts = {i: t for i, t in after.upserts.items() if before.upserts.get(i) != t}
+    return Journal(upserts, after.deleted - before.deleted)
+
+
 @dataclass(frozen=True)
 class Replay:
     """The journal made ready for one bundle: its upserted items re-encoded with the bundle's
-    graphs, less the ids the bundle's table holds (`skipped`), and its deleted ids."""
+    graphs, less the ids the bundle's table holds (`skipped`) unless the version lacks them
+    (`restore`: left out as deleted, come back since), and its deleted ids."""
 
     item_ids: list[str]
+    texts: list[str]  # the journal's, which the codes were computed from
     codes: np.ndarray  # (n, levels) semantic paths
     vectors: np.ndarray | None  # (n, D) float32; None when the bundle keeps no item vectors
     deleted: list[str] = field(default_factory=list)  # sorted
     skipped: int = 0
     seconds: float = 0.0
+    restore: frozenset[str] = frozenset()  # those of item_ids that the bundle's table holds
+
+    @property
+    def changes(self) -> int:
+        return len(self.item_ids) + len(self.deleted)
 
 
 @dataclass(frozen=True)
@@ -173,6 +190,8 @@ def load_table(
     `assign_sids`; a deleted row's code is not handed out again); see the module docstring."""
     if batch < 1:
         raise ValueError(f"--batch must be >= 1, got {batch}")
+    if replay is not None and replay.restore:
+        raise ValueError("a full load restores nothing: the table holds those ids")
     table = np.asarray(sids)
     if table.ndim != 2 or table.shape[1] < 2 or len(table) != len(item_ids):
         raise ValueError(f"{len(item_ids)} ids for a SID table of shape {table.shape}")
@@ -233,17 +252,34 @@ def read_journal(client: redis.Redis) -> Journal:
     return Journal(upserts, set(client.sscan_iter(DELETED_KEY, count=1000)))
 
 
-def reencode(bundle: Bundle, journal: Journal, *, progress: bool = True) -> Replay:
-    """The journal's upserted items that the bundle's table does not hold, encoded with the
-    bundle's graphs as its gateway would (`/v1/items/encode`), in item-id order (a
-    reproducible load), and its deleted ids. The graphs are loaded only when there is
-    something to encode."""
+def absent_ids(client: redis.Redis, keys: Keys, item_ids: Sequence[str]) -> set[str]:
+    """Those of `item_ids` that the version does not hold."""
+    ids, out = list(item_ids), set()
+    for start in range(0, len(ids), 1000):
+        part = ids[start : start + 1000]
+        out.update(i for i, sid in zip(part, client.hmget(keys.sids, part), strict=True) if not sid)
+    return out
+
+
+def reencode(
+    bundle: Bundle,
+    journal: Journal,
+    *,
+    absent: Callable[[list[str]], set[str]] | None = None,
+    progress: bool = True,
+) -> Replay:
+    """The journal's upserted items that the bundle's table does not hold (and those it
+    holds that `absent` says the loaded version lacks), encoded with the bundle's graphs as
+    its gateway would (`/v1/items/encode`), in item-id order (a reproducible load), and its
+    deleted ids. The graphs are loaded only when there is something to encode."""
     known = set(bundle.item_ids)
-    ids = sorted(i for i in journal.upserts if i not in known)
+    held = [i for i in journal.upserts if i in known]
+    restore = frozenset(absent(held) if absent is not None and held else ())
+    ids = sorted(i for i in journal.upserts if i not in known or i in restore)
     skipped, deleted = len(journal.upserts) - len(ids), sorted(journal.deleted)
     if not ids:
         empty = np.zeros((0, bundle.levels), dtype=np.int64)
-        return Replay([], empty, None, deleted, skipped)
+        return Replay([], [], empty, None, deleted, skipped)
     from service.item_codes import assign_items
     from service.onnx_model import OnnxIndexer
     from service.tokenizer import BundleTokenizer
@@ -256,27 +292,33 @@ def reencode(bundle: Bundle, journal: Journal, *, progress: bool = True) -> Repl
         model, tokenizer, texts, bundle.levels, 64, progress, desc="re-encode upserts"
     )
     kept = vectors if bundle.item_vectors is not None else None  # as the gateway's upserts
-    return Replay(ids, codes, kept, deleted, skipped, time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    return Replay(ids, texts, codes, kept, deleted, skipped, seconds, restore)
 
 
 async def apply_replay(
     url: str, bundle: Bundle, replay: Replay, timeout_s: float, batch: int
-) -> int:
+) -> tuple[int, int]:
     """Write re-encoded items into a loaded version with the gateway's own upsert (same path:
-    the SID is kept; another path: the item moves), then delete the deleted ids; how many of
-    those were still stored. StoreUnavailable if the version is not loaded."""
+    the SID is kept; another path: the item moves), then delete the deleted ids: (items
+    written, items removed). Each only if the journal still says so when it is written (the
+    scripts' "replay" mode), so a gateway's upsert or delete since the journal was read is
+    never undone. StoreUnavailable if the version is not loaded."""
     store = RedisStore(url, bundle.model_version, bundle.levels, timeout_s=timeout_s)
     try:
         await store.ping()  # not loaded: say so, even with nothing to write
-        for start in range(0, len(replay.item_ids), batch):
-            part = slice(start, start + batch)
-            pairs = list(zip(replay.item_ids[part], replay.codes[part], strict=True))
-            vectors = None if replay.vectors is None else replay.vectors[part]
-            await store.upsert(pairs, vectors)
-        removed = 0
+        written = removed = 0
+        for restore in (False, True):
+            rows = [k for k, i in enumerate(replay.item_ids) if (i in replay.restore) == restore]
+            for start in range(0, len(rows), batch):
+                part = rows[start : start + batch]
+                pairs = [(replay.item_ids[k], replay.codes[k]) for k in part]
+                vectors = None if replay.vectors is None else replay.vectors[part]
+                texts = [replay.texts[k] for k in part]
+                written += await store.replay_upserts(pairs, vectors, texts, restore=restore)
         for start in range(0, len(replay.deleted), batch):
-            removed += sum(await store.delete(replay.deleted[start : start + batch]))
-        return removed
+            removed += await store.replay_deletes(replay.deleted[start : start + batch])
+        return written, removed
     finally:
         await store.close()
 
@@ -336,13 +378,22 @@ def run(args: argparse.Namespace) -> int:
     bundle = load_bundle(args.bundle)  # BundleError is a ValueError: one line, exit 2
     client = connect(args.redis_url, args.timeout)
     url = safe_url(args.redis_url)
+    keys = Keys(bundle.model_version)
+
+    def absent(ids: list[str]) -> set[str]:
+        return absent_ids(client, keys, ids)
+
+    def apply(replay: Replay) -> tuple[int, int]:
+        return asyncio.run(apply_replay(args.redis_url, bundle, replay, args.timeout, args.batch))
+
+    late = 0
     try:
-        replay = reencode(bundle, Journal() if args.no_journal else read_journal(client))
+        journal = Journal() if args.no_journal else read_journal(client)
         if args.journal_only:
-            removed = asyncio.run(
-                apply_replay(args.redis_url, bundle, replay, args.timeout, args.batch)
-            )
+            replay = reencode(bundle, journal, absent=absent)
+            written, removed = apply(replay)
         else:
+            replay = reencode(bundle, journal)
             if client.get(ACTIVE_KEY) == bundle.model_version:
                 log.warning(
                     "reloading the active version %s: 503s until done", bundle.model_version
@@ -357,6 +408,12 @@ def run(args: argparse.Namespace) -> int:
                 progress=True,
             )
             removed = report.left_out
+            if not args.no_journal:  # what gateways journalled while this load encoded
+                since = changes_since(journal, read_journal(client))
+                caught_up = reencode(bundle, since, absent=absent, progress=False)
+                if caught_up.changes:
+                    apply(caught_up)
+                late = caught_up.changes
             if args.activate:
                 client.set(ACTIVE_KEY, bundle.model_version)
     except StoreUnavailable as exc:
@@ -381,12 +438,16 @@ def run(args: argparse.Namespace) -> int:
         "removed" if args.journal_only else "left out"
     )
     if args.journal_only:
-        print(f"{journal}: applied to model version {bundle.model_version} at {url}")
+        print(
+            f"{journal}: applied to model version {bundle.model_version} at {url} ("
+            f"{len(replay.item_ids) - written} upserts left alone: newer ones since)"
+        )
         return 0
     active = f"; {ACTIVE_KEY} = {report.model_version}" if args.activate else ""
     print(
         f"loaded {report.items} items of model version {report.model_version} into {url} "
         f"in {report.seconds:.1f} s ({report.items_per_s:.0f} items/s){active}; "
         + ("journal not applied (--no-journal)" if args.no_journal else journal)
+        + (f"; then {late} changes journalled during the load" if late else "")
     )
     return 0

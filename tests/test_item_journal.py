@@ -198,7 +198,11 @@ def test_deleted_items_stay_deleted_across_loads_and_rollouts(
             load_items(v2_dir, redis_server, "--journal-only")
             assert "1 deleted items (sidserve:deleted) removed" in capsys.readouterr().out
             assert set(found(new, ids)) == {"new-2"}
-            upsert(new, {catalog_id: "Cordless Drill 20V back in stock"})  # back
+            # back, through an old gateway: the next version gets it from the journal
+            upsert(c, {catalog_id: "Cordless Drill 20V back in stock"})
+            assert catalog_id not in found(new, ids)
+            load_items(v2_dir, redis_server, "--journal-only")
+            assert set(found(new, ids)) == {catalog_id, "new-2"}
     assert client.smembers(DELETED_KEY) == {other_id, "new-1", "never"}
     load_items(bundle_dir, redis_server)
     with TestClient(create_app(v1)) as c:
@@ -217,3 +221,59 @@ def test_journal_only_needs_the_version_loaded(bundle_dir, redis_server, capsys)
         main([*argv, "--journal-only", "--no-journal"])
     assert exited.value.code == 2
     assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_journal_only_never_undoes_what_gateways_did_since_it_read_the_journal(
+    bundle_dir, redis_server
+):
+    """`--journal-only` reads the journal, encodes, then writes: an upsert or a delete that a
+    gateway made in between stands (the scripts' replay mode checks the journal again)."""
+    from service.load_items import apply_replay, read_journal, reencode
+
+    client = redis.Redis.from_url(redis_server, decode_responses=True)
+    bundle = load_bundle(bundle_dir)
+    catalog_id, keys = bundle.item_ids[0], Keys(bundle.model_version)
+    load_items(bundle_dir, redis_server)
+    with TestClient(create_app(Settings(bundle=bundle_dir, redis_url=redis_server))) as c:
+        upsert(c, COLD)
+        delete = c.post("/v1/items/delete", json={"item_ids": [catalog_id, "new-2"]})
+        assert delete.json()["deleted"] == [catalog_id, "new-2"]
+        replay = reencode(bundle, read_journal(client), progress=False)
+        assert replay.item_ids == ["new-1"] and replay.deleted == sorted([catalog_id, "new-2"])
+        # meanwhile: new-1 gets another text and comes back deleted; the catalog item is back
+        upsert(c, {catalog_id: "Cordless Drill 20V back in stock"})
+        assert c.post("/v1/items/delete", json={"item_ids": ["new-1"]}).status_code == 200
+        before = dump(client)
+        written, removed = asyncio.run(
+            apply_replay(redis_server, bundle, replay, timeout_s=5.0, batch=10)
+        )
+        assert (written, removed) == (0, 0)  # new-2: deleted already; the rest moved on
+        assert dump(client) == before
+        assert set(found(c, [catalog_id, *COLD])) == {catalog_id}
+    assert client.hget(keys.meta, "items") == str(len(bundle.item_ids))
+
+
+def test_a_reload_catches_up_with_what_gateways_journalled_while_it_encoded(
+    bundle_dir, redis_server, monkeypatch, capsys
+):
+    """Reloading a version that gateways serve: an upsert and a delete they take after the
+    load read the journal (while it encodes) are applied once the table is rebuilt."""
+    import service.load_items as load_module
+
+    bundle = load_bundle(bundle_dir)
+    catalog_id = bundle.item_ids[0]
+    load_items(bundle_dir, redis_server)
+    with TestClient(create_app(Settings(bundle=bundle_dir, redis_url=redis_server))) as c:
+        upsert(c, {"new-1": COLD["new-1"]})
+        rebuild = load_module.load_table
+
+        def gateways_meanwhile(*args, **kwargs):
+            upsert(c, {"new-2": COLD["new-2"]})
+            assert c.post("/v1/items/delete", json={"item_ids": [catalog_id]}).status_code == 200
+            return rebuild(*args, **kwargs)
+
+        monkeypatch.setattr(load_module, "load_table", gateways_meanwhile)
+        capsys.readouterr()
+        load_items(bundle_dir, redis_server)
+        assert "then 2 changes journalled during the load" in capsys.readouterr().out
+        assert set(found(c, [catalog_id, *COLD])) == set(COLD)

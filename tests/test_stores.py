@@ -151,6 +151,8 @@ def dump(client: redis.Redis, pattern: str = "sidserve:*") -> dict[str, Any]:
             out[key] = client.hgetall(key)
         elif kind == "list":
             out[key] = client.lrange(key, 0, -1)
+        elif kind == "set":
+            out[key] = client.smembers(key)
         else:
             out[key] = client.get(key)
     return out

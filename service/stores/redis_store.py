@@ -158,9 +158,14 @@ end
 """
 
 # KEYS: sid hash, next hash, meta hash, vector hash, upserts journal, deleted set. ARGV:
-# prefix-list key stem, then (item id, path, vector, text) quadruples, vector "" for none
-# (which drops the item's earlier one), text "" for none (the journal and the deleted set are
-# left as they are; else the text is journalled and the id is no longer deleted). Redis runs a
+# prefix-list key stem, mode, then (item id, path, vector, text) quadruples, vector "" for
+# none (which drops the item's earlier one). Mode "client" (a gateway's upsert): a text is
+# journalled and its id is no longer deleted (text "": the journal is left as it is). Modes
+# "replay" and "restore" (`load-items` applying the journal): an item is written only if the
+# journal still holds the text its codes were computed from, else left alone (its SID is ""
+# in the reply), so a gateway's newer upsert or delete since the journal was read is never
+# undone; "restore" also only if the version does not hold the id (a catalog item that was
+# left out as deleted and has come back since). Redis runs a
 # script atomically, so concurrent upserts never share a disambiguation code, and a moved item
 # is out of its old lists before anyone can read the new ones. Returns false (None in Python),
 # writing nothing, when the version is not marked loaded.
@@ -168,10 +173,10 @@ UPSERT_LUA = (
     UNLIST_LUA
     + """
 if redis.call('HGET', KEYS[3], 'loaded') ~= '1' then return false end
-local stem, out, added = ARGV[1], {}, 0
-for i = 2, #ARGV, 4 do
-  local id, path, vector, text = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  if text ~= '' then
+local stem, mode, out, added = ARGV[1], ARGV[2], {}, 0
+local replay = mode ~= 'client'
+local function write(id, path, vector, text)
+  if text ~= '' and not replay then
     redis.call('HSET', KEYS[5], id, text)
     redis.call('SREM', KEYS[6], id)
   end
@@ -181,27 +186,29 @@ for i = 2, #ARGV, 4 do
     redis.call('HSET', KEYS[4], id, vector)
   end
   local old = redis.call('HGET', KEYS[1], id)
-  local sid = nil
   if old then
-    local old_path = string.match(old, '^(.*)%-%d+$')
-    if old_path == path then
-      sid = old
-    else
-      unlist(stem, old, id)
-    end
+    if string.match(old, '^(.*)%-%d+$') == path then return old end
+    unlist(stem, old, id)
   else
     added = added + 1
   end
-  if not sid then
-    sid = path .. '-' .. (redis.call('HINCRBY', KEYS[2], path, 1) - 1)
-    redis.call('HSET', KEYS[1], id, sid)
-    local entry, prefix = sid .. '|' .. id, nil
-    for code in string.gmatch(path, '%d+') do
-      prefix = prefix and (prefix .. '-' .. code) or code
-      redis.call('RPUSH', stem .. prefix, entry)
-    end
+  local sid = path .. '-' .. (redis.call('HINCRBY', KEYS[2], path, 1) - 1)
+  redis.call('HSET', KEYS[1], id, sid)
+  local entry, prefix = sid .. '|' .. id, nil
+  for code in string.gmatch(path, '%d+') do
+    prefix = prefix and (prefix .. '-' .. code) or code
+    redis.call('RPUSH', stem .. prefix, entry)
   end
-  out[#out + 1] = sid
+  return sid
+end
+for i = 3, #ARGV, 4 do
+  local id, path, vector, text = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  if replay and (redis.call('HGET', KEYS[5], id) ~= text
+      or (mode == 'restore' and redis.call('HEXISTS', KEYS[1], id) == 1)) then
+    out[#out + 1] = ''
+  else
+    out[#out + 1] = write(id, path, vector, text)
+  end
 end
 if added > 0 then redis.call('HINCRBY', KEYS[3], 'items', added) end
 return out
@@ -209,25 +216,31 @@ return out
 )
 
 # KEYS: sid hash, meta hash, vector hash, upserts journal, deleted set. ARGV: prefix-list key
-# stem, then item ids. Per id 1 if it was stored, else 0; false (None), writing nothing, when
-# the version is not marked loaded. The id leaves the journal and joins the deleted set
-# either way (it may be stored in another version).
+# stem, mode, then item ids. Per id 1 if it was stored, else 0; false (None), writing nothing,
+# when the version is not marked loaded. Mode "client": the id leaves the journal and joins
+# the deleted set either way (it may be stored in another version). Mode "replay": an id is
+# removed only if it is still in the deleted set (an upsert since may have brought it back),
+# and the journal is left as it is.
 DELETE_LUA = (
     UNLIST_LUA
     + """
 if redis.call('HGET', KEYS[2], 'loaded') ~= '1' then return false end
-local stem, out, removed = ARGV[1], {}, 0
-for i = 2, #ARGV do
-  local id = ARGV[i]
-  local old = redis.call('HGET', KEYS[1], id)
-  if old then
-    unlist(stem, old, id)
-    redis.call('HDEL', KEYS[1], id)
-    removed = removed + 1
+local stem, replay, out, removed = ARGV[1], ARGV[2] == 'replay', {}, 0
+for i = 3, #ARGV do
+  local id, old = ARGV[i], false
+  if not replay or redis.call('SISMEMBER', KEYS[5], id) == 1 then
+    old = redis.call('HGET', KEYS[1], id)
+    if old then
+      unlist(stem, old, id)
+      redis.call('HDEL', KEYS[1], id)
+      removed = removed + 1
+    end
+    redis.call('HDEL', KEYS[3], id)
+    if not replay then
+      redis.call('HDEL', KEYS[4], id)
+      redis.call('SADD', KEYS[5], id)
+    end
   end
-  redis.call('HDEL', KEYS[3], id)
-  redis.call('HDEL', KEYS[4], id)
-  redis.call('SADD', KEYS[5], id)
   out[#out + 1] = old and 1 or 0
 end
 if removed > 0 then redis.call('HINCRBY', KEYS[2], 'items', -removed) end
@@ -449,12 +462,39 @@ class RedisStore:
         vectors: np.ndarray | None = None,
         texts: Sequence[str] | None = None,
     ) -> np.ndarray:
+        sids = await self._write(items, vectors, texts, "client")
+        return parse_sids(sids, self.levels + 1)
+
+    async def replay_upserts(
+        self,
+        items: Sequence[tuple[str, np.ndarray]],
+        vectors: np.ndarray | None,
+        texts: Sequence[str],
+        *,
+        restore: bool = False,
+    ) -> int:
+        """`load-items` applying the journal: upsert items whose codes were computed from the
+        journal's `texts`, each only if the journal still holds that text (and, `restore`,
+        only if the version lacks the id): UPSERT_LUA's "replay" and "restore" modes. How
+        many were written."""
+        if check_texts(texts, len(items)) is None:
+            raise ValueError("replayed upserts need the journal's texts")
+        mode = "restore" if restore else "replay"
+        return sum(1 for sid in await self._write(items, vectors, texts, mode) if sid)
+
+    async def _write(
+        self,
+        items: Sequence[tuple[str, np.ndarray]],
+        vectors: np.ndarray | None,
+        texts: Sequence[str] | None,
+        mode: str,
+    ) -> list[str]:
         ids, paths = check_items(items, self.levels)
         if not ids:
-            return np.zeros((0, self.levels + 1), dtype=np.int32)
+            return []
         stored = check_vectors(vectors, len(ids))
         journal = check_texts(texts, len(ids))
-        args = [self.keys.list_stem]
+        args = [self.keys.list_stem, mode]
         for k, (item_id, path) in enumerate(zip(ids, paths, strict=True)):
             vector = "" if stored is None else encode_vector(stored[k])
             args += [item_id, format_sid(path), vector, "" if journal is None else journal[k]]
@@ -465,16 +505,24 @@ class RedisStore:
             sids = await self._upsert(keys=keys, args=args)
         if sids is None:
             raise self._not_loaded()
-        return parse_sids(list(sids), self.levels + 1)
+        return list(sids)
 
     async def delete(self, item_ids: Sequence[str]) -> list[bool]:
+        return await self._remove(item_ids, "client")
+
+    async def replay_deletes(self, item_ids: Sequence[str]) -> int:
+        """`load-items --journal-only`: delete the ids still in the deleted set (DELETE_LUA's
+        "replay" mode); how many were stored."""
+        return sum(await self._remove(item_ids, "replay"))
+
+    async def _remove(self, item_ids: Sequence[str], mode: str) -> list[bool]:
         ids = check_ids(item_ids)
         if not ids:
             return []
         keys = [self.keys.sids, self.keys.meta, self.keys.vectors, UPSERTS_KEY, DELETED_KEY]
         # safe to retry: a repeated delete finds nothing left to remove
         async with self._guard("delete"):
-            stored = await self._delete(keys=keys, args=[self.keys.list_stem, *ids])
+            stored = await self._delete(keys=keys, args=[self.keys.list_stem, mode, *ids])
         if stored is None:
             raise self._not_loaded()
         return [bool(x) for x in stored]
