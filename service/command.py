@@ -48,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
         restart_with_huge_pages()
     for line in unknown_variables(os.environ):
         logging.getLogger("sidserve.serve").warning("%s", line)
+    _refuse_a_taken_port(settings.host, settings.port)  # before seconds of loading
     app = create_app(settings)
     http = coalescing_protocol() or "auto"  # one socket write per response where it can
     uvicorn.run(
@@ -66,3 +67,20 @@ def _variable(loc: tuple) -> str:
     unknown key of the settings file, the key itself (`sidserve_colour`)."""
     name = "_".join(map(str, loc)).upper()
     return name if name.startswith("SIDSERVE_") else f"SIDSERVE_{name}"
+
+
+def _refuse_a_taken_port(host: str, port: int) -> None:
+    """One line now, rather than uvicorn's bind error after the bundle was loaded and
+    checksummed. uvicorn binds with SO_REUSEADDR too, so what this refuses it would."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise ValueError(
+                f"cannot listen on {host}:{port}: {exc.strerror or exc} (another process, or "
+                "set SIDSERVE_PORT / --port)"
+            ) from exc

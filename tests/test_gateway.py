@@ -908,6 +908,26 @@ def test_serve_reports_bad_settings_in_one_line(monkeypatch, capsys, tmp_path):
     assert "bundle directory does not exist" in capsys.readouterr().err
 
 
+def test_serve_refuses_a_taken_port_before_loading_the_bundle(bundle_dir, monkeypatch, capsys):
+    import socket
+
+    import service.app
+    from sidserve.cli import main
+
+    def never(*_args, **_kwargs):
+        raise AssertionError("the bundle was loaded")
+
+    monkeypatch.setattr(service.app, "create_app", never)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        argv = ["serve", "--bundle", str(bundle_dir), "--port", str(port)]
+        assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in err, err
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
     [
