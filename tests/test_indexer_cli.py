@@ -194,3 +194,42 @@ def test_train_refuses_a_device_it_cannot_use(tmp_path, capsys):
     assert _train(cat, jud, tmp_path / "ck", cfg, "--device", "gpu0") == 2
     assert "--device 'gpu0'" in capsys.readouterr().err
     assert not (tmp_path / "ck" / "indexer.safetensors").exists()
+
+
+def test_encoder_init_dense_ft_starts_from_the_dense_ft_baseline(tmp_path, capsys):
+    """`encoder_init: "dense-ft"`: the encoder starts from the dense-ft baseline's model (the
+    same cache entry `sidserve evaluate --method dense-ft` trains), so the frozen lower layers
+    are that model's, not MiniLM's."""
+    from safetensors.numpy import load_file
+
+    from training.encoder import cache_dir, minilm_path
+
+    cat, jud, cfg = _toy_files(tmp_path, 1.0)
+    doc = json.loads(cfg.read_text())
+    cfg.write_text(json.dumps({**doc, "encoder_init": "dense-ft"}))
+    ck = tmp_path / "ck"
+    assert _train(cat, jud, ck, cfg) == 0
+    (ft_dir,) = (cache_dir() / "dense-ft").iterdir()
+    baseline = load_file(str(ft_dir / "model.safetensors"))
+    minilm = load_file(str(minilm_path() / "model.safetensors"))
+    weights = load_file(str(ck / "indexer.safetensors"))
+    name = "encoder.layer.0.attention.self.query.weight"
+    frozen = weights["lower.0.attention.self.query.weight"]
+    assert (frozen == baseline[name]).all() and not (frozen == minilm[name]).all()
+    meta = json.loads((ck / "indexer.json").read_text())
+    assert meta["base_model"].endswith("fine-tuned as dense-ft")
+
+    # the baseline evaluated on the same split reuses that model: nothing is trained again
+    out = tmp_path / "r.json"
+    argv = ["evaluate", "--method", "dense-ft", "--catalog", str(cat), "--judgments", str(jud)]
+    assert main([*argv, "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert "train_s" not in report["timings"] and report["info"]["model_dir"] == str(ft_dir)
+
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({**doc, "encoder_init": "bert"}))
+    assert _train(cat, jud, tmp_path / "ck2", bad) == 2
+    assert "encoder_init must be 'minilm' or 'dense-ft'" in capsys.readouterr().err
+    argv = ["train", "--catalog", str(cat), "--out", str(tmp_path / "ck3"), "--self-supervised"]
+    assert main([*argv, "--config", str(cfg)]) == 2
+    assert "self-supervised mode has none" in capsys.readouterr().err

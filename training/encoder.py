@@ -8,6 +8,7 @@ exact texts, so a changed catalog or model never reads stale vectors.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from collections.abc import Sequence
@@ -56,6 +57,12 @@ def save_cache_entry(path: Path, array: np.ndarray | None = None, **named: np.nd
 
 def file_digest(path: Path) -> str:
     return sha256_file(path)
+
+
+def parts_digest(*parts: object) -> str:
+    """20 hex digits identifying JSON-able inputs (cache keys of trained models)."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:20]
 
 
 def texts_digest(texts: Sequence[str]) -> str:

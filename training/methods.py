@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from training.encoder import (
     TextEncoder,
     cache_dir,
     file_digest,
+    parts_digest,
     save_cache_entry,
     texts_digest,
 )
@@ -90,27 +90,25 @@ def _dense(ctx: EvalContext) -> MethodResult:
     return MethodResult(ranked=ranked, timings={"queries_s": time.perf_counter() - t})
 
 
-def _digest(*parts: object) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
-
-
 def _dense_ft(ctx: EvalContext) -> MethodResult:
     from training.baselines.dense import dense_rank
-    from training.baselines.dense_ft import FinetuneConfig, finetune
+    from training.baselines.dense_ft import FinetuneConfig, finetune, finetuned
 
     queries = _need_queries(ctx, "dense-ft")
     cfg = FinetuneConfig(seed=ctx.seed)
     timings: dict[str, float] = {}
-    model_dir = ctx.checkpoint
-    if model_dir is None:  # trained on this train split, kept in the cache keyed by its inputs
-        key = _digest(
-            cfg.__dict__, ctx.encoder.fingerprint, texts_digest(ctx.catalog.texts), ctx.train_pairs
+    if ctx.checkpoint is None:  # trained on this train split, cached by its inputs
+        model_dir, train_s = finetuned(
+            ctx.train_pairs, ctx.catalog.texts, cfg, ctx.encoder.fingerprint
         )
-        model_dir = cache_dir() / "dense-ft" / key
-    if not (model_dir / "model.safetensors").is_file():
-        t = time.perf_counter()
-        finetune(ctx.train_pairs, ctx.catalog.texts, model_dir, cfg)
-        timings["train_s"] = time.perf_counter() - t
+    else:
+        model_dir, train_s = ctx.checkpoint, None
+        if not (model_dir / "model.safetensors").is_file():
+            t = time.perf_counter()
+            finetune(ctx.train_pairs, ctx.catalog.texts, model_dir, cfg)
+            train_s = time.perf_counter() - t
+    if train_s is not None:
+        timings["train_s"] = train_s
     enc = TextEncoder(model_dir, max_length=ctx.encoder.max_length)
     t = time.perf_counter()
     items = enc.encode_cached(ctx.catalog.texts, "items")
@@ -211,7 +209,7 @@ def _quantiser(ctx: EvalContext, contrastive: bool) -> MethodResult:
                 "train side that has relevant pairs"
             )
         key.append(ctx.train_pairs)
-    model_dir = ctx.checkpoint or cache_dir() / name / _digest(*key)
+    model_dir = ctx.checkpoint or cache_dir() / name / parts_digest(*key)
     timings: dict[str, float] = {}
     if (model_dir / CONFIG_FILE).is_file():
         model = RQVAE.load(model_dir)

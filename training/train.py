@@ -128,8 +128,14 @@ def device_name(device) -> str:
 
 
 def setup(
-    cfg, catalog, out: Path, resumed: Resumed | None = None, device: str = "cpu"
+    cfg,
+    catalog,
+    out: Path,
+    resumed: Resumed | None = None,
+    device: str = "cpu",
+    encoder_dir: Path | None = None,
 ) -> tuple[Setup, Path, dict]:
+    """`encoder_dir`: the encoder's starting weights when not MiniLM's (`encoder_init`)."""
     import torch
     from transformers import AutoTokenizer
 
@@ -139,10 +145,14 @@ def setup(
 
     dev = torch_device(device)
     torch.manual_seed(cfg.seed)
-    model = SemanticIndexer(cfg) if resumed is None else resumed.model
+    model = SemanticIndexer(cfg, encoder_dir) if resumed is None else resumed.model
     model.to(dev)
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())
-    fingerprint = file_digest(minilm_path() / "model.safetensors")[:16]
+    # keys the frozen layers' cached token states: the weights those layers started from
+    if resumed is not None:
+        fingerprint = resumed.doc["base_fingerprint"]
+    else:
+        fingerprint = file_digest((encoder_dir or minilm_path()) / "model.safetensors")[:16]
     items = cached_states(
         model, tokenizer, catalog.texts, cfg.max_item_tokens, fingerprint, "items"
     )
@@ -151,7 +161,8 @@ def setup(
     if resumed is None:
         log_path.write_text("")
     meta = {
-        "base_model": "all-MiniLM-L6-v2",
+        "base_model": "all-MiniLM-L6-v2"
+        + (", fine-tuned as dense-ft" if cfg.encoder_init == "dense-ft" else ""),
         "base_fingerprint": fingerprint,
         "catalog": str(catalog.source),
         "catalog_checksum": catalog.checksum(),
@@ -160,6 +171,22 @@ def setup(
     # a resumed run's clock starts where the interrupted one stopped
     started = time.perf_counter() - (resumed.seconds if resumed else 0.0)
     return Setup(model, tokenizer, fingerprint, items, started), log_path, meta
+
+
+def dense_ft_start(train_j, catalog, threshold: float, seed: int) -> Path:
+    """`encoder_init: "dense-ft"`: MiniLM fine-tuned on the train side's relevant pairs exactly
+    as the dense-ft baseline is (the same cache entry, so `sidserve evaluate --method dense-ft`
+    on the same split trains it once for both)."""
+    from training.baselines.dense_ft import FinetuneConfig, finetuned
+    from training.encoder import TextEncoder
+
+    relevant = np.flatnonzero(train_j.relevance >= threshold)
+    pairs = [(train_j.queries[k], int(train_j.items[k])) for k in relevant]
+    fingerprint = TextEncoder().fingerprint
+    model_dir, seconds = finetuned(pairs, catalog.texts, FinetuneConfig(seed=seed), fingerprint)
+    took = "cached" if seconds is None else f"fine-tuned in {seconds:.0f} s"
+    log.info("encoder starts from dense-ft (%d pairs, %s): %s", len(pairs), took, model_dir)
+    return model_dir
 
 
 @dataclass
@@ -222,6 +249,11 @@ def train(args: argparse.Namespace) -> Path:
     if args.seed is not None:
         cfg.seed = args.seed
     if args.self_supervised:
+        if cfg.encoder_init != "minilm":
+            raise ValueError(
+                f"encoder_init {cfg.encoder_init!r} fine-tunes on query-product pairs; "
+                "the self-supervised mode has none (use 'minilm')"
+            )
         return train_self_supervised(args, cfg, catalog)
     if judgments is None:
         raise ValueError("--judgments is required (or --self-supervised for a catalog alone)")
@@ -237,7 +269,10 @@ def train(args: argparse.Namespace) -> Path:
         len(pairs.item_queries),
         len(catalog),
     )
-    run, log_path, meta = setup(cfg, catalog, args.out, resumed, args.device)
+    encoder_dir = None
+    if cfg.encoder_init == "dense-ft" and resumed is None:
+        encoder_dir = dense_ft_start(train_j, catalog, args.threshold, cfg.seed)
+    run, log_path, meta = setup(cfg, catalog, args.out, resumed, args.device, encoder_dir)
     query_states = run.states(pairs.query_texts, cfg.max_query_tokens, "queries")
     dev_eval = None
     dev = group_by_query(dev_j) if len(dev_j) else None

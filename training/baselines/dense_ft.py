@@ -72,6 +72,28 @@ def in_batch_loss(q: torch.Tensor, d: torch.Tensor, temperature: float) -> torch
     return multi_positive_nce(q, d, torch.eye(len(q), dtype=torch.bool), temperature)
 
 
+def finetuned(
+    pairs: Sequence[tuple[str, int]],
+    item_texts: Sequence[str],
+    cfg: FinetuneConfig,
+    base_fingerprint: str,
+) -> tuple[Path, float | None]:
+    """The model fine-tuned on these pairs, from the cache (keyed by every input) or trained
+    now: (its directory, seconds spent training; None on a cache hit). `sidserve evaluate
+    --method dense-ft` and the indexer's `encoder_init: "dense-ft"` share it."""
+    import time
+
+    from training.encoder import cache_dir, parts_digest, texts_digest
+
+    key = parts_digest(cfg.__dict__, base_fingerprint, texts_digest(item_texts), list(pairs))
+    model_dir = cache_dir() / "dense-ft" / key
+    if (model_dir / "model.safetensors").is_file():
+        return model_dir, None
+    started = time.perf_counter()
+    finetune(pairs, item_texts, model_dir, cfg)
+    return model_dir, time.perf_counter() - started
+
+
 def finetune(
     pairs: Sequence[tuple[str, int]],
     item_texts: Sequence[str],
