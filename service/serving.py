@@ -429,10 +429,11 @@ class SidService:
             self.store.delete(req.item_ids), self.settings.store_timeout_s, "store"
         )
         self.metrics.stage_seconds.labels("store").observe(time.perf_counter() - t0)
+        found: dict[bool, list[str]] = {True: [], False: []}
+        for item_id, was in zip(req.item_ids, stored, strict=True):
+            found[was].append(item_id)
         return p.DeleteResponse(
-            model_version=self.model_version,
-            deleted=[i for i, was in zip(req.item_ids, stored, strict=True) if was],
-            unknown=[i for i, was in zip(req.item_ids, stored, strict=True) if not was],
+            model_version=self.model_version, deleted=found[True], unknown=found[False]
         )
 
     async def _item_codes(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:

@@ -208,8 +208,7 @@ class TritonBackend:
         if missing:
             raise BackendUnavailable(f"Triton at {self.url}: not ready: {', '.join(missing)}")
         if self.model_version is not None:
-            self._mismatch = await self._version_mismatch(models)
-            self._verified = True
+            await self._verify()
             if self._mismatch is not None:
                 raise BackendUnavailable(self._mismatch)
 
