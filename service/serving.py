@@ -171,9 +171,13 @@ class SidService:
             cls = StoreUnavailable if what == "store" else BackendUnavailable
             raise cls(f"{what} did not answer within {timeout}s") from exc
 
+    @staticmethod
+    def _check_count(field: str, given: int, limit: int) -> None:
+        if given > limit:
+            raise LimitError(field, f"{given} given, at most {limit} per request")
+
     def _check_texts(self, field: str, texts: list[str], limit: int) -> None:
-        if len(texts) > limit:
-            raise LimitError(field, f"{len(texts)} given, at most {limit} per request")
+        self._check_count(field, len(texts), limit)
         for i, t in enumerate(texts):
             if len(t) > self.settings.max_text_chars:
                 raise LimitError(
@@ -347,11 +351,7 @@ class SidService:
     async def relevance(self, req: p.RelevanceRequest) -> p.RelevanceResponse:
         self._check_texts("query", [req.query], 1)
         self._check_search(req.beam_width)
-        if len(req.item_ids) > self.settings.max_relevance_items:
-            raise LimitError(
-                "item_ids",
-                f"{len(req.item_ids)} given, at most {self.settings.max_relevance_items}",
-            )
+        self._check_count("item_ids", len(req.item_ids), self.settings.max_relevance_items)
         (beams,) = await self._beams("query", [req.query], req.beam_width)
         paths, logp = beams.paths[: req.top_k], beams.log_probs[: req.top_k]
         t0 = time.perf_counter()
@@ -419,11 +419,7 @@ class SidService:
         )
 
     async def delete_items(self, req: p.DeleteRequest) -> p.DeleteResponse:
-        if len(req.item_ids) > self.settings.max_delete_items:
-            raise LimitError(
-                "item_ids",
-                f"{len(req.item_ids)} given, at most {self.settings.max_delete_items}",
-            )
+        self._check_count("item_ids", len(req.item_ids), self.settings.max_delete_items)
         t0 = time.perf_counter()
         stored = await self._bounded(
             self.store.delete(req.item_ids), self.settings.store_timeout_s, "store"

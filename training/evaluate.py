@@ -173,8 +173,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         if len(chosen) == 0:
             raise DataError(f"{args.judgments}: the {args.split} split is empty")
         queries = group_by_query(chosen)
-        relevant = train.relevance >= args.threshold
-        train_pairs = [(train.queries[k], int(train.items[k])) for k in np.flatnonzero(relevant)]
+        train_pairs = train.relevant_pairs(args.threshold)
         data.update(
             judgments=str(args.judgments),
             judgments_report=judgments.report,

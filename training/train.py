@@ -180,8 +180,7 @@ def dense_ft_start(train_j, catalog, threshold: float, seed: int) -> Path:
     from training.baselines.dense_ft import FinetuneConfig, finetuned
     from training.encoder import TextEncoder
 
-    relevant = np.flatnonzero(train_j.relevance >= threshold)
-    pairs = [(train_j.queries[k], int(train_j.items[k])) for k in relevant]
+    pairs = train_j.relevant_pairs(threshold)
     fingerprint = TextEncoder().fingerprint
     model_dir, seconds = finetuned(pairs, catalog.texts, FinetuneConfig(seed=seed), fingerprint)
     took = "cached" if seconds is None else f"fine-tuned in {seconds:.0f} s"

@@ -145,13 +145,21 @@ end
 return replies
 """
 
-# Takes entry "{sid}|{id}" out of the prefix lists of every depth of its path (stem: the
-# version's prefix-list key stem). Shared by the upsert (a moved item) and delete scripts.
+# Shared by the upsert and delete scripts: `prefixes` turns a path "12-5-201" into the names
+# of its prefix lists ("12", "12-5", "12-5-201"); `unlist` takes entry "{sid}|{id}" out of
+# every one of them (stem: the version's prefix-list key stem).
 UNLIST_LUA = """
-local function unlist(stem, sid, id)
-  local entry, prefix = sid .. '|' .. id, nil
-  for code in string.gmatch(string.match(sid, '^(.*)%-%d+$'), '%d+') do
+local function prefixes(path)
+  local out, prefix = {}, nil
+  for code in string.gmatch(path, '%d+') do
     prefix = prefix and (prefix .. '-' .. code) or code
+    out[#out + 1] = prefix
+  end
+  return out
+end
+local function unlist(stem, sid, id)
+  local entry = sid .. '|' .. id
+  for _, prefix in ipairs(prefixes(string.match(sid, '^(.*)%-%d+$'))) do
     redis.call('LREM', stem .. prefix, 0, entry)
   end
 end
@@ -194,9 +202,8 @@ local function write(id, path, vector, text)
   end
   local sid = path .. '-' .. (redis.call('HINCRBY', KEYS[2], path, 1) - 1)
   redis.call('HSET', KEYS[1], id, sid)
-  local entry, prefix = sid .. '|' .. id, nil
-  for code in string.gmatch(path, '%d+') do
-    prefix = prefix and (prefix .. '-' .. code) or code
+  local entry = sid .. '|' .. id
+  for _, prefix in ipairs(prefixes(path)) do
     redis.call('RPUSH', stem .. prefix, entry)
   end
   return sid

@@ -39,6 +39,12 @@ class Judgments:
     def __len__(self) -> int:
         return len(self.queries)
 
+    def relevant_pairs(self, threshold: float) -> list[tuple[str, int]]:
+        """(query, item index) of every pair graded >= threshold, in file order: the pairs
+        the dense-ft baseline trains on (and its cache key)."""
+        keep = np.flatnonzero(self.relevance >= threshold)
+        return [(self.queries[k], int(self.items[k])) for k in keep]
+
     def subset(self, mask: np.ndarray) -> Judgments:
         keep = np.flatnonzero(mask)
         return Judgments(
