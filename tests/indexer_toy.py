@@ -80,6 +80,9 @@ def tiny_config(**overrides) -> IndexerConfig:
         max_query_tokens=16,
         max_item_tokens=24,
         dead_code_threshold=0.0,
+        # the mechanics under test start from MiniLM as shipped; test_indexer_cli covers
+        # the default's dense-ft start
+        encoder_init="minilm",
     )
     base.update(overrides)
     return IndexerConfig(**base)

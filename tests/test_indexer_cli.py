@@ -197,16 +197,18 @@ def test_train_refuses_a_device_it_cannot_use(tmp_path, capsys):
 
 
 def test_encoder_init_dense_ft_starts_from_the_dense_ft_baseline(tmp_path, capsys):
-    """`encoder_init: "dense-ft"`: the encoder starts from the dense-ft baseline's model (the
-    same cache entry `sidserve evaluate --method dense-ft` trains), so the frozen lower layers
-    are that model's, not MiniLM's."""
+    """The default `encoder_init` ("auto") on judgments: the encoder starts from the dense-ft
+    baseline's model (the same cache entry `sidserve evaluate --method dense-ft` trains), so
+    the frozen lower layers are that model's, not MiniLM's; the checkpoint records
+    "dense-ft"."""
     from safetensors.numpy import load_file
 
     from training.encoder import cache_dir, minilm_path
 
     cat, jud, cfg = _toy_files(tmp_path, 1.0)
     doc = json.loads(cfg.read_text())
-    cfg.write_text(json.dumps({**doc, "encoder_init": "dense-ft"}))
+    del doc["encoder_init"]  # tiny_config's "minilm": the default is what is under test
+    cfg.write_text(json.dumps(doc))
     ck = tmp_path / "ck"
     assert _train(cat, jud, ck, cfg) == 0
     (ft_dir,) = (cache_dir() / "dense-ft").iterdir()
@@ -218,6 +220,7 @@ def test_encoder_init_dense_ft_starts_from_the_dense_ft_baseline(tmp_path, capsy
     assert (frozen == baseline[name]).all() and not (frozen == minilm[name]).all()
     meta = json.loads((ck / "indexer.json").read_text())
     assert meta["base_model"].endswith("fine-tuned as dense-ft")
+    assert meta["indexer"]["encoder_init"] == "dense-ft"
 
     # the baseline evaluated on the same split reuses that model: nothing is trained again
     out = tmp_path / "r.json"
@@ -229,7 +232,9 @@ def test_encoder_init_dense_ft_starts_from_the_dense_ft_baseline(tmp_path, capsy
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({**doc, "encoder_init": "bert"}))
     assert _train(cat, jud, tmp_path / "ck2", bad) == 2
-    assert "encoder_init must be 'minilm' or 'dense-ft'" in capsys.readouterr().err
+    assert "encoder_init must be 'auto', 'minilm' or 'dense-ft'" in capsys.readouterr().err
+    explicit = tmp_path / "dense-ft.json"
+    explicit.write_text(json.dumps({**doc, "encoder_init": "dense-ft"}))
     argv = ["train", "--catalog", str(cat), "--out", str(tmp_path / "ck3"), "--self-supervised"]
-    assert main([*argv, "--config", str(cfg)]) == 2
+    assert main([*argv, "--config", str(explicit)]) == 2
     assert "self-supervised mode has none" in capsys.readouterr().err

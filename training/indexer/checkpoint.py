@@ -49,7 +49,7 @@ def save_checkpoint(
 
 # What a checkpoint written before a config key existed was trained with, where that differs
 # from the key's default (so that it loads, and `--resume` goes on, as it was trained)
-BEFORE_THE_KEY = {"bos_input": "learned", "judged_negatives": 0}
+BEFORE_THE_KEY = {"bos_input": "learned", "judged_negatives": 0, "encoder_init": "minilm"}
 
 
 def load_checkpoint(path: str | Path) -> tuple[SemanticIndexer, object, np.ndarray, dict]:

@@ -13,10 +13,12 @@ class IndexerConfig:
     levels: int = 3  # semantic levels; a disambiguation level is added on top at assignment
     codebook_size: int = 256
     trainable_layers: int = 2  # top MiniLM layers fine-tuned; the lower ones are frozen+cached
-    # the encoder's starting weights: "minilm" (all-MiniLM-L6-v2 as shipped) or "dense-ft"
+    # the encoder's starting weights: "minilm" (all-MiniLM-L6-v2 as shipped), "dense-ft"
     # (MiniLM first fine-tuned on the training pairs as the dense-ft baseline is, cached;
-    # its lower layers are then the frozen ones). docs/indexer.md § Starting from dense-ft
-    encoder_init: str = "minilm"
+    # its lower layers are then the frozen ones) or "auto": dense-ft when training on
+    # judgments, minilm in the self-supervised mode (no pairs). The checkpoint records which.
+    # docs/indexer.md § Starting from dense-ft
+    encoder_init: str = "auto"
     # 1 serves faster than 2 with the same retrieval quality (docs/indexer.md § Model)
     decoder_layers: int = 1
     decoder_heads: int = 6
@@ -108,8 +110,8 @@ class IndexerConfig:
         dense_only = self.judged_negatives and self.judged_negatives_scope == "dense"
         if dense_only and self.encoder_nce_weight == 0:  # the only term they would enter is off
             raise ValueError("judged_negatives_scope 'dense' needs encoder_nce_weight > 0")
-        if self.encoder_init not in ("minilm", "dense-ft"):
-            raise ValueError("encoder_init must be 'minilm' or 'dense-ft'")
+        if self.encoder_init not in ("auto", "minilm", "dense-ft"):
+            raise ValueError("encoder_init must be 'auto', 'minilm' or 'dense-ft'")
         if self.bos_input not in ("pooled", "learned"):
             raise ValueError("bos_input must be 'pooled' or 'learned'")
         if self.lr_schedule not in ("constant", "linear"):
