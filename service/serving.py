@@ -22,7 +22,7 @@ from service.metrics import Metrics
 from service.onnx_model import codes_and_vectors
 from service.settings import Settings
 from service.sid_rows import SidRows
-from service.stores.base import Candidates, SharedPaths, SidStore, StoreUnavailable, Vectors
+from service.stores.base import Candidates, SidStore, StoreUnavailable, Vectors
 from service.tokenizer import BundleTokenizer, length_batches
 from service.trie import CompactTrie
 from sidserve.sids import format_sid
@@ -119,7 +119,7 @@ class SidService:
         )
         self._trie_lock = asyncio.Lock()
         self._refresher: asyncio.Task[None] | None = None
-        self._store_path_count = -1  # as last read from the store
+        self._path_version: str | None = None  # the store's, when the trie last followed it
         self.metrics.model.info(
             {
                 "model_version": bundle.model_version,
@@ -147,8 +147,8 @@ class SidService:
         if bind is not None:
             bind(asyncio.get_running_loop())
         self.batcher.start()
-        if self.settings.trie_refresh_s > 0 and isinstance(self.store, SharedPaths):
-            self._refresher = asyncio.create_task(self._refresh_trie_forever(self.store))
+        if self.settings.trie_refresh_s > 0 and self.store.shared:
+            self._refresher = asyncio.create_task(self._refresh_trie_forever())
 
     async def close(self) -> None:
         if self._refresher is not None:
@@ -404,6 +404,7 @@ class SidService:
         self.metrics.stage_seconds.labels("store").observe(time.perf_counter() - t0)
         if req.upsert:
             await self._extend_trie(codes)
+            await self._follow_store_paths()
         return p.EncodeResponse(
             model_version=self.model_version,
             items=[
@@ -425,6 +426,7 @@ class SidService:
             self.store.delete(req.item_ids), self.settings.store_timeout_s, "store"
         )
         self.metrics.stage_seconds.labels("store").observe(time.perf_counter() - t0)
+        await self._follow_store_paths()
         found: dict[bool, list[str]] = {True: [], False: []}
         for item_id, was in zip(req.item_ids, stored, strict=True):
             found[was].append(item_id)
@@ -455,36 +457,53 @@ class SidService:
         return codes, vectors
 
     async def _extend_trie(self, codes: np.ndarray) -> None:
-        """New semantic paths from upserts join this gateway's trie, so queries can reach them
-        (paths are only ever added: a moved item's old path may still hold other items)."""
+        """New semantic paths from this gateway's upserts join its trie at once, so queries
+        can reach them (pruning is `follow_store_paths`'s, from the store's own count)."""
         async with self._trie_lock:
             paths = np.unique(np.concatenate([self._paths, codes.astype(np.int64)]), axis=0)
-            if len(paths) == len(self._paths):
-                return
-            self._paths = paths
-            self.batcher.trie = CompactTrie.from_codes(paths, self.bundle.codebook_sizes)
+            if len(paths) != len(self._paths):
+                self._set_paths(paths)
 
-    async def _refresh_trie_forever(self, store: SharedPaths) -> None:
-        """Every `trie_refresh_s`: when the store's count of paths moved, add the paths other
-        gateways' upserts created. A gateway's own upserts extend its trie at once, but
-        without this another replica's beams could never reach an item on a path new to the
-        catalog (until a restart). One HLEN per period; the paths are read only on a change."""
+    def _set_paths(self, paths: np.ndarray) -> None:
+        self._paths = paths
+        self.batcher.trie = CompactTrie.from_codes(paths, self.bundle.codebook_sizes)
+
+    async def _follow_store_paths(self) -> None:
+        """After this gateway's upserts and deletes: `follow_store_paths`, best effort (the
+        write is done; a store that stops answering now leaves the trie to the next try)."""
+        try:
+            await self.follow_store_paths()
+        except StoreUnavailable as exc:
+            log.warning("trie not updated after a write: %s", exc)
+
+    async def _refresh_trie_forever(self) -> None:
+        """Every `trie_refresh_s`, `follow_store_paths`: without this another replica's beams
+        could never reach an item on a path new to the catalog, and would go on ending on
+        paths whose items other replicas deleted (until a restart). The first at start: a load
+        leaves deleted items out of the bundle's table. One cheap read per period
+        (`path_version`); the paths are read only on a change."""
         while True:
-            await asyncio.sleep(self.settings.trie_refresh_s)
             try:
-                await self.refresh_trie(store)
+                await self.follow_store_paths()
             except StoreUnavailable as exc:
                 log.debug("trie refresh skipped: %s", exc)
             except Exception:
                 log.exception("trie refresh failed")
+            await asyncio.sleep(self.settings.trie_refresh_s)
 
-    async def refresh_trie(self, store: SharedPaths) -> None:
+    async def follow_store_paths(self) -> None:
+        """Make the trie hold exactly the store's live paths (`SidStore.live_paths`) when
+        they may have changed since it last did: paths new to the catalog join, paths whose
+        items were all deleted or moved away leave, so no beam is spent on an empty one."""
         timeout = self.settings.store_timeout_s
-        count = await self._bounded(store.path_count(), timeout, "store")
-        if count == self._store_path_count:
-            return
-        await self._extend_trie(await self._bounded(store.paths(), timeout, "store"))
-        self._store_path_count = count
+        async with self._trie_lock:  # reads too: two followers never apply out of order
+            version = await self._bounded(self.store.path_version(), timeout, "store")
+            if version == self._path_version:
+                return
+            version, paths = await self._bounded(self.store.live_paths(), timeout, "store")
+            if len(paths) and not np.array_equal(paths, self._paths):
+                self._set_paths(paths)
+            self._path_version = version
 
     async def readiness(self) -> dict[str, str]:
         await self._bounded(self.backend.check(), self.settings.inference_timeout_s, "inference")

@@ -98,8 +98,9 @@ class Settings(BaseSettings):
     trie_refresh_s: float = Field(
         5.0,
         ge=0,
-        description="with Redis: how often the gateway looks for semantic paths that other "
-        "gateways' upserts added, so its beams can reach their items (0 = never)",
+        description="with Redis: how often the gateway checks whether other gateways' upserts "
+        "and deletes changed the live semantic paths, so its beams reach new ones and skip "
+        "emptied ones (0 = never)",
     )
     retry_after_s: int = Field(1, ge=0)
     verify_checksums: bool = Field(True, description="hash every bundle file at start-up")

@@ -678,13 +678,72 @@ def test_paths_that_other_gateways_upserted_join_the_trie(bundle_dir, redis_serv
         while new not in trie() and time.monotonic() < deadline:
             time.sleep(0.05)
         assert new in trie()
-        assert all(tuple(p) in trie() for p in known)  # only ever added to
+        assert all(tuple(p) in trie() for p in known)  # no path lost its items
         got = b.post("/v1/relevance", json={"query": "drill", "item_ids": ["cold-start-1"]})
         assert got.json()["items"][0]["sid"] == format_sid([*new, 0])
     off = Settings(bundle=bundle_dir, redis_url=redis_server, trie_refresh_s=0)
     with TestClient(create_app(off)) as c:  # never refreshed: the bundle's paths only
         time.sleep(0.3)
         assert new not in c.app.state.service.batcher.trie
+
+
+def test_a_path_whose_items_are_all_deleted_leaves_the_tries(bundle_dir, redis_server):
+    """Deleting the last item of a semantic path takes the path out of the deleting gateway's
+    trie at once (in-process store and Redis) and out of another Redis gateway's within
+    `trie_refresh_s`, so no beam ends on it; the other paths stay. (The tiny bundle's items
+    share one path, so the test's paths come from upserts with chosen codes.)"""
+    import itertools
+
+    from service.stores.redis_store import RedisStore
+    from sidserve.cli import main
+
+    bundle = load_bundle(bundle_dir)
+    known = [tuple(q) for q in np.unique(bundle.semantic_sids, axis=0).tolist()]
+    sizes = [range(k) for k in bundle.codebook_sizes]
+    gone, kept = [q for q in itertools.product(*sizes) if q not in known][:2]
+    query = {"queries": QUERIES, "beam_width": 32, "top_k": 32, "candidates": 0}
+
+    def trie(c: TestClient):
+        return c.app.state.service.batcher.trie
+
+    def check(c: TestClient) -> None:
+        assert gone not in trie(c) and all(q in trie(c) for q in [kept, *known])
+        for result in c.post("/v1/query/sids", json=query).json()["results"]:
+            assert all(tuple(sid["codes"]) != gone for sid in result["sids"])
+
+    def delete(c: TestClient) -> None:
+        r = c.post("/v1/items/delete", json={"item_ids": ["on-gone"]})
+        assert r.json()["deleted"] == ["on-gone"], r.text
+        check(c)
+
+    items = [("on-gone", np.array(gone)), ("on-kept", np.array(kept))]
+    with TestClient(create_app(Settings(bundle=bundle_dir))) as c:  # the in-process store
+        service = c.app.state.service
+        c.portal.call(service.store.upsert, items)  # as if upserted texts had these codes
+        c.portal.call(service.follow_store_paths)
+        assert gone in trie(c) and kept in trie(c)
+        delete(c)
+
+    assert main(["load-items", "--bundle", str(bundle_dir), "--redis-url", redis_server]) == 0
+
+    async def other_gateway_upserts() -> None:
+        store = RedisStore(redis_server, bundle.model_version, bundle.levels)
+        await store.upsert(items)
+        await store.close()
+
+    asyncio.run(other_gateway_upserts())
+    shared = Settings(bundle=bundle_dir, redis_url=redis_server, trie_refresh_s=0.2)
+    alone = shared.model_copy(update={"trie_refresh_s": 0})  # follows its own writes only
+    with TestClient(create_app(alone)) as a, TestClient(create_app(shared)) as b:
+        a.portal.call(a.app.state.service.follow_store_paths)
+        deadline = time.monotonic() + 5
+        while gone not in trie(b) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert gone in trie(a) and gone in trie(b)
+        delete(a)  # at once in the deleting gateway
+        while gone in trie(b) and time.monotonic() < deadline + 5:
+            time.sleep(0.05)
+        check(b)
 
 
 def test_a_full_redis_makes_upserts_503_and_queries_go_on(

@@ -114,6 +114,10 @@ class Reference:
         self.order.remove(item_id)
         return True
 
+    def paths(self) -> set[tuple[int, ...]]:
+        """The semantic paths holding at least one item."""
+        return {sid[:-1] for sid in self.sid.values()}
+
     def candidates(self, beams: np.ndarray, limit: int, min_depth: int) -> list[str]:
         ranked = []
         for pos, item_id in enumerate(self.order):
@@ -400,7 +404,16 @@ def test_random_upserts_and_deletes_match_reference(backend: Backend) -> None:
         ids, sids = random_table(rng, int(rng.integers(0, 30)), levels, k)
         ref = Reference.of(ids, sids)
 
+        async def live(store: SidStore, ref: Reference) -> str:
+            """The store's live paths are the reference's; its path version."""
+            version, paths = await store.live_paths()
+            assert paths.dtype == np.int64 and paths.shape[1:] == (ref.levels,)
+            assert sorted(map(tuple, paths.tolist())) == sorted(ref.paths())
+            assert await store.path_version() == version
+            return version
+
         async def body(store: SidStore, rng=rng, ref=ref, levels=levels, k=k, ids=ids) -> None:
+            version, paths = await live(store, ref), ref.paths()
             for step in range(25):
                 if rng.random() < 0.25:  # a delete: known ids (base, upserted), or unknown
                     known = list(ref.sid)
@@ -409,6 +422,10 @@ def test_random_upserts_and_deletes_match_reference(backend: Backend) -> None:
                     want_gone = [ref.delete(i) for i in gone]
                     assert await store.delete(gone) == want_gone
                     assert await store.get_sids(gone) == [None] * len(gone)
+                    # a path emptied by the delete leaves, and the version says so
+                    was, version = version, await live(store, ref)
+                    assert version != was or ref.paths() == paths
+                    paths = ref.paths()
                 batch = []
                 for _ in range(int(rng.integers(1, 4))):
                     known = list(ref.sid)
@@ -428,6 +445,9 @@ def test_random_upserts_and_deletes_match_reference(backend: Backend) -> None:
                 want = [ref.upsert(i, tuple(int(c) for c in p)) for i, p in batch]
                 got = await store.upsert(batch)
                 assert [tuple(r) for r in got.tolist()] == want
+                was, version = version, await live(store, ref)  # new paths, moves' emptied ones
+                assert version != was or ref.paths() == paths
+                paths = ref.paths()
                 beams = random_beams(rng, np.array(list(ref.sid.values())), levels, k)
                 for depth in range(levels + 1):
                     await check_against(store, ref, beams, int(rng.integers(1, 40)), depth)

@@ -102,6 +102,8 @@ class SidStore(Protocol):
 
     model_version: str
     levels: int
+    # other gateways write to it too (Redis), so a gateway's trie must poll its paths
+    shared: bool
 
     async def candidates(self, paths: np.ndarray, limit: int, min_depth: int = 0) -> Candidates:
         """Items sharing a prefix of depth >= max(1, min_depth) with a beam of `paths`
@@ -148,6 +150,17 @@ class SidStore(Protocol):
         the next version leave it out (Redis). Atomic per call."""
         ...
 
+    async def path_version(self) -> str:
+        """A cheap token that changes whenever the set of live paths (`live_paths`) may have
+        changed: an item on a new path, or the last item of a path deleted or moved away."""
+        ...
+
+    async def live_paths(self) -> tuple[str, np.ndarray]:
+        """(`path_version`, (P, L) int64 semantic paths holding at least one item), from one
+        consistent state: what each gateway's trie should hold, so beams never end on a path
+        whose items were all deleted or moved."""
+        ...
+
     async def ping(self) -> None:
         """Return when the store can serve this version, else raise StoreUnavailable."""
         ...
@@ -155,16 +168,6 @@ class SidStore(Protocol):
     async def close(self) -> None: ...
 
     def stats(self) -> dict[str, Any]: ...
-
-
-@runtime_checkable
-class SharedPaths(Protocol):
-    """A store several gateways write to (Redis) can list the semantic paths it holds, so
-    each gateway's trie can follow the paths the others' upserts create."""
-
-    async def path_count(self) -> int: ...
-
-    async def paths(self) -> np.ndarray: ...
 
 
 _DIGITS_AND_DASHES = str.maketrans("", "", "0123456789-")

@@ -44,6 +44,8 @@ from service.trie import CompactTrie
 class MemoryStore:
     """SidStore over in-process arrays; build it with `from_bundle` or `from_arrays`."""
 
+    shared = False
+
     def __init__(self, item_ids: Sequence[str], sids: np.ndarray, model_version: str) -> None:
         table = np.asarray(sids)
         if table.ndim != 2 or table.shape[1] < 2 or len(table) != len(item_ids):
@@ -75,6 +77,9 @@ class MemoryStore:
         self._order: list[np.ndarray] = []
         self._offsets: list[np.ndarray] = []
         self._base_next = np.zeros(0, dtype=np.int32)  # per full path: highest base code + 1
+        self._base_left = np.zeros(0, dtype=np.int64)  # per full path: base rows still on it
+        self._base_paths = np.zeros((0, self.levels), dtype=np.int64)  # the full paths
+        self._path_changes = 0  # paths emptied or (re)filled since the load (`path_version`)
         if n:
             self._build_base()
 
@@ -100,6 +105,9 @@ class MemoryStore:
             self._offsets.append(np.concatenate([[0], np.cumsum(counts)]).astype(index))
         codes = self._sids[self._order[-1], self.levels]
         self._base_next = np.maximum.reduceat(codes, self._offsets[-1][:-1]) + 1
+        self._base_left = np.diff(self._offsets[-1]).astype(np.int64)
+        first = self._order[-1][self._offsets[-1][:-1]]  # one base row per full path
+        self._base_paths = paths[first].astype(np.int64)  # before any upsert moves a row
 
     # ---------------------------------------------------------------- reads
 
@@ -175,10 +183,8 @@ class MemoryStore:
         code = self._next.get(path)
         if code is not None:
             return code
-        if self._trie is None:
-            return 0
-        node = int(self._trie.node_of_path(np.array([path], dtype=np.int64))[0])
-        return int(self._base_next[node]) if node >= 0 else 0
+        leaf = self._leaf_of(path)
+        return int(self._base_next[leaf]) if leaf >= 0 else 0
 
     def _assign(
         self, items: Sequence[tuple[str, np.ndarray]]
@@ -216,6 +222,8 @@ class MemoryStore:
                     self._unlist(row)
                 self._sids[row] = sid
                 path = tuple(sid[: self.levels].tolist())
+                if not self._on_path(path):
+                    self._path_changes += 1
                 for depth in range(1, self.levels + 1):
                     self._delta[depth - 1].setdefault(path[:depth], []).append(row)
             self._next.update(counters)
@@ -239,13 +247,37 @@ class MemoryStore:
 
     def _unlist(self, row: int) -> None:
         """Take a row out of every prefix list it is in (its base runs, or delta lists)."""
+        path = tuple(self._sids[row, : self.levels].tolist())
         if row < self._n_base and not self._moved[row]:
             self._moved[row] = True
             self._n_moved += 1
-            return
-        path = tuple(self._sids[row, : self.levels].tolist())
-        for depth in range(1, self.levels + 1):
-            self._delta[depth - 1][path[:depth]].remove(row)
+            self._base_left[self._leaf_of(path)] -= 1
+        else:
+            for depth in range(1, self.levels + 1):
+                self._delta[depth - 1][path[:depth]].remove(row)
+        if not self._on_path(path):
+            self._path_changes += 1
+
+    def _leaf_of(self, path: Path) -> int:
+        """The base trie's node of a full path; -1 when no base item was on it."""
+        if self._trie is None:
+            return -1
+        return int(self._trie.node_of_path(np.array([path], dtype=np.int64))[0])
+
+    def _on_path(self, path: Path) -> int:
+        """How many items the full path holds now."""
+        leaf = self._leaf_of(path)
+        base = int(self._base_left[leaf]) if leaf >= 0 else 0
+        return base + len(self._delta[-1].get(path, ()))
+
+    async def path_version(self) -> str:
+        return str(self._path_changes)
+
+    async def live_paths(self) -> tuple[str, np.ndarray]:
+        base = self._base_paths[self._base_left > 0]
+        added = [path for path, rows in self._delta[-1].items() if rows]
+        paths = np.concatenate([base, np.array(added, dtype=np.int64).reshape(-1, self.levels)])
+        return str(self._path_changes), np.unique(paths, axis=0)
 
     def _append_row(self, item_id: str) -> int:
         if self._count == len(self._sids):
@@ -272,6 +304,7 @@ class MemoryStore:
         """Bytes held for the table: arrays, trie, id strings, upserted vectors, plus ~100 per
         upsert entry."""
         arrays = [self._sids, self._moved, self._deleted, self._id_order, self._base_next]
+        arrays += [self._base_left, self._base_paths]
         total = sum(a.nbytes for a in [*arrays, *self._order, *self._offsets])
         total += self._ids.nbytes + self._sorted_ids.nbytes
         total += self._trie.nbytes if self._trie is not None else 0

@@ -4,7 +4,8 @@ Key layout of model version V (the braces are a Redis Cluster hash tag: every ke
 version lives in one slot, so the pipelines and the scripts would stay cluster-safe; the
 client itself is single-node, docs/deployment.md):
 
-    sidserve:{V}:meta           hash   levels, items, loaded ("1" once complete), table_sha256
+    sidserve:{V}:meta           hash   levels, items, loaded ("1" once complete), table_sha256,
+                                       path_changes (paths emptied or refilled since the load)
     sidserve:{V}:sid            hash   item id -> SID string "12-5-201-0"
     sidserve:{V}:p:12-5         list   "{sid}|{item id}" of the items under prefix 12-5, one
                                        list per prefix of depth 1..L, in insertion order
@@ -147,7 +148,8 @@ return replies
 
 # Shared by the upsert and delete scripts: `prefixes` turns a path "12-5-201" into the names
 # of its prefix lists ("12", "12-5", "12-5-201"); `unlist` takes entry "{sid}|{id}" out of
-# every one of them (stem: the version's prefix-list key stem).
+# every one of them (stem: the version's prefix-list key stem) and, when that empties the
+# path's own list, counts a path change in the meta hash (`path_changes`, see `path_version`).
 UNLIST_LUA = """
 local function prefixes(path)
   local out, prefix = {}, nil
@@ -157,10 +159,14 @@ local function prefixes(path)
   end
   return out
 end
-local function unlist(stem, sid, id)
+local function unlist(stem, sid, id, meta)
   local entry = sid .. '|' .. id
-  for _, prefix in ipairs(prefixes(string.match(sid, '^(.*)%-%d+$'))) do
+  local names = prefixes(string.match(sid, '^(.*)%-%d+$'))
+  for _, prefix in ipairs(names) do
     redis.call('LREM', stem .. prefix, 0, entry)
+  end
+  if redis.call('LLEN', stem .. names[#names]) == 0 then
+    redis.call('HINCRBY', meta, 'path_changes', 1)
   end
 end
 """
@@ -196,16 +202,18 @@ local function write(id, path, vector, text)
   local old = redis.call('HGET', KEYS[1], id)
   if old then
     if string.match(old, '^(.*)%-%d+$') == path then return old end
-    unlist(stem, old, id)
+    unlist(stem, old, id, KEYS[3])
   else
     added = added + 1
   end
   local sid = path .. '-' .. (redis.call('HINCRBY', KEYS[2], path, 1) - 1)
   redis.call('HSET', KEYS[1], id, sid)
   local entry = sid .. '|' .. id
+  local length = 0
   for _, prefix in ipairs(prefixes(path)) do
-    redis.call('RPUSH', stem .. prefix, entry)
+    length = redis.call('RPUSH', stem .. prefix, entry)
   end
+  if length == 1 then redis.call('HINCRBY', KEYS[3], 'path_changes', 1) end
   return sid
 end
 for i = 3, #ARGV, 4 do
@@ -238,7 +246,7 @@ for i = 3, #ARGV do
   if not replay or redis.call('SISMEMBER', KEYS[5], id) == 1 then
     old = redis.call('HGET', KEYS[1], id)
     if old then
-      unlist(stem, old, id)
+      unlist(stem, old, id, KEYS[2])
       redis.call('HDEL', KEYS[1], id)
       removed = removed + 1
     end
@@ -254,6 +262,19 @@ if removed > 0 then redis.call('HINCRBY', KEYS[2], 'items', -removed) end
 return out
 """
 )
+
+
+# KEYS: next hash, meta hash. ARGV: prefix-list key stem. Returns false (None) when the version
+# is not marked loaded, else {`path_version`'s text, the paths whose own list holds an item}.
+LIVE_PATHS_LUA = """
+if redis.call('HGET', KEYS[2], 'loaded') ~= '1' then return false end
+local live = {}
+for _, path in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if redis.call('LLEN', ARGV[1] .. path) > 0 then live[#live + 1] = path end
+end
+local changes = redis.call('HGET', KEYS[2], 'path_changes') or '0'
+return {redis.call('HLEN', KEYS[1]) .. ':' .. changes, live}
+"""
 
 
 class Keys:
@@ -346,6 +367,8 @@ async def guarded(url: str, what: str, timeout_s: float) -> AsyncIterator[None]:
 class RedisStore:
     """SidStore of one model version in Redis (loaded by `sidserve load-items`)."""
 
+    shared = True
+
     def __init__(
         self,
         url: str,
@@ -366,6 +389,7 @@ class RedisStore:
         self._upsert = self._client.register_script(UPSERT_LUA)
         self._pick = self._client.register_script(PICK_LUA)
         self._delete = self._client.register_script(DELETE_LUA)
+        self._live = self._client.register_script(LIVE_PATHS_LUA)
         self._items: int | None = None
 
     @classmethod
@@ -550,18 +574,28 @@ class RedisStore:
         sids, _ = assign_sids(ids, paths, stored, lambda p: counters[format_sid(p)], self.levels)
         return sids
 
-    async def path_count(self) -> int:
-        """How many distinct semantic paths the version holds (the `next` hash has one field
-        per path: the table's, and every path an upsert, by any gateway, has used)."""
-        async with self._guard("path_count"):
-            return int(await self._client.hlen(self.keys.next))
+    async def path_version(self) -> str:
+        """Changes whenever the set of live paths may have: the `next` hash's length (one field
+        per path ever used: a new path) and the meta hash's `path_changes` (the upsert and
+        delete scripts count a path whose list they empty or refill). The length also covers
+        gateways of releases before the count existed."""
+        async with self._guard("path_version"), self._reads() as pipe:
+            pipe.hlen(self.keys.next)
+            pipe.hget(self.keys.meta, "path_changes")
+            length, changes = await pipe.execute()
+        return f"{length}:{changes or 0}"
 
-    async def paths(self) -> np.ndarray:
-        """(P, levels) int64: every semantic path of the version (see `path_count`);
-        ValueError if the hash holds anything else."""
-        async with self._guard("paths"):
-            names = await self._client.hkeys(self.keys.next)
-        return parse_sids(names, self.levels).astype(np.int64)
+    async def live_paths(self) -> tuple[str, np.ndarray]:
+        """(`path_version`, (P, levels) int64 paths holding at least one item), read in one
+        atomic step; ValueError if the `next` hash holds anything but paths."""
+        async with self._guard("live_paths"):
+            got = await self._live(
+                keys=[self.keys.next, self.keys.meta], args=[self.keys.list_stem]
+            )
+        if got is None:
+            raise self._not_loaded()
+        version, names = got
+        return version, parse_sids(names, self.levels).astype(np.int64)
 
     async def ping(self) -> None:
         """Redis answers and this version is completely loaded with the expected levels."""
