@@ -315,7 +315,7 @@ def test_code_loss_temperature_sharpens_only_the_kl_and_commitment(trained):
         ("[2, 8]", "must hold a JSON object"),
         ('{"levels": "2"}', 'levels: expected an integer, got "2"'),
         ('{"levels": 2.0}', "levels: expected an integer, got 2.0"),
-        ('{"lr": true}', "lr: expected a number, got true"),
+        ('{"lr": true}', "lr: expected a number or null, got true"),
         ('{"hard_negatives": 1}', "hard_negatives: expected true or false, got 1"),
         ('{"epochs_per_level": [1, "2", 1]}', "epochs_per_level: expected a list of numbers"),
         ('{"code_loss_temperature": "0.05"}', "code_loss_temperature: expected a number or null"),
@@ -334,6 +334,27 @@ def test_a_config_file_takes_json_numbers_and_null_where_they_fit(tmp_path):
     path.write_text('{"lr": 1, "epochs_per_level": [1, 0.5, 2], "code_loss_temperature": null}')
     cfg = IndexerConfig.from_file(path)
     assert (cfg.lr, cfg.epochs_per_level, cfg.code_loss_temperature) == (1, [1, 0.5, 2], None)
+
+
+@pytest.mark.parametrize(
+    ("init", "self_supervised", "lr", "expected"),
+    [
+        ("auto", False, None, ("dense-ft", 2e-5)),
+        ("auto", True, None, ("minilm", 5e-5)),
+        ("minilm", False, None, ("minilm", 5e-5)),
+        ("dense-ft", False, None, ("dense-ft", 2e-5)),
+        ("auto", False, 1e-4, ("dense-ft", 1e-4)),  # a rate set in the config is kept
+    ],
+)
+def test_the_encoder_rate_follows_the_start_unless_set(init, self_supervised, lr, expected):
+    cfg = IndexerConfig(encoder_init=init, lr=lr)
+    if lr is None:
+        with pytest.raises(ValueError, match="lr is unresolved"):
+            cfg.encoder_lr  # noqa: B018 - the property is what is under test
+    cfg.resolve_start(self_supervised)
+    assert (cfg.encoder_init, cfg.encoder_lr) == expected
+    with pytest.raises(ValueError, match="lr must be > 0"):
+        IndexerConfig(lr=0.0)
 
 
 def test_training_leaves_the_cached_lower_layers_as_pretrained(toy, trained):

@@ -207,7 +207,7 @@ def test_encoder_init_dense_ft_starts_from_the_dense_ft_baseline(tmp_path, capsy
 
     cat, jud, cfg = _toy_files(tmp_path, 1.0)
     doc = json.loads(cfg.read_text())
-    del doc["encoder_init"]  # tiny_config's "minilm": the default is what is under test
+    del doc["encoder_init"], doc["lr"]  # tiny_config's: the defaults are what is under test
     cfg.write_text(json.dumps(doc))
     ck = tmp_path / "ck"
     assert _train(cat, jud, ck, cfg) == 0
@@ -221,6 +221,7 @@ def test_encoder_init_dense_ft_starts_from_the_dense_ft_baseline(tmp_path, capsy
     meta = json.loads((ck / "indexer.json").read_text())
     assert meta["base_model"].endswith("fine-tuned as dense-ft")
     assert meta["indexer"]["encoder_init"] == "dense-ft"
+    assert meta["indexer"]["lr"] == 2e-5  # the dense-ft start's rate
 
     # the baseline evaluated on the same split reuses that model: nothing is trained again
     out = tmp_path / "r.json"

@@ -105,10 +105,10 @@ def test_self_supervised_cli_and_category_ami(tmp_path):
     ]
     cat = write_csv(tmp_path / "toys.csv", ["product_id", "title", "category_path"], rows)
     cfg = tmp_path / "c.json"
-    # the default encoder_init ("auto") starts the self-supervised mode from MiniLM
-    cfg.write_text(
-        json.dumps(asdict(tiny_config(epochs_per_level=[2.0, 2.0], encoder_init="auto")))
-    )
+    # the default encoder_init ("auto") starts the self-supervised mode from MiniLM, at the
+    # MiniLM start's rate
+    auto = tiny_config(epochs_per_level=[2.0, 2.0], encoder_init="auto", lr=None)
+    cfg.write_text(json.dumps(asdict(auto)))
     ck = tmp_path / "ck"
     common = ["--catalog", str(cat), "--id-column", "product_id", "--description-column", ""]
     assert (
@@ -117,6 +117,7 @@ def test_self_supervised_cli_and_category_ami(tmp_path):
     doc = json.loads((ck / "indexer.json").read_text())
     assert doc["mode"] == "self-supervised" and doc["levels_trained"] == 2
     assert doc["indexer"]["encoder_init"] == "minilm" and doc["base_model"] == "all-MiniLM-L6-v2"
+    assert doc["indexer"]["lr"] == 5e-5
     out = tmp_path / "r.json"
     assert (
         main(

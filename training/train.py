@@ -247,8 +247,8 @@ def train(args: argparse.Namespace) -> Path:
         cfg = IndexerConfig.from_file(args.config) if args.config else IndexerConfig()
     if args.seed is not None:
         cfg.seed = args.seed
-    if resumed is None and cfg.encoder_init == "auto":
-        cfg.encoder_init = "minilm" if args.self_supervised else "dense-ft"
+    if resumed is None:
+        cfg.resolve_start(args.self_supervised)
     if args.self_supervised:
         if cfg.encoder_init != "minilm":
             raise ValueError(

@@ -73,7 +73,10 @@ class IndexerConfig:
     # --- schedule
     warmup_epochs: float = 0.5  # contrastive-only before each level's codebook is made
     epochs_per_level: list[float] = field(default_factory=lambda: [2.0, 1.5, 1.5])
-    lr: float = 5e-5  # encoder layers
+    # the encoder layers' rate; None: 2e-5 from the dense-ft start (already a good dense model,
+    # a lower rate keeps more of it), 5e-5 from MiniLM as shipped. The checkpoint records which.
+    # docs/indexer.md § A lower encoder rate from the dense-ft start
+    lr: float | None = None
     # "linear": the encoder's lr falls linearly from `lr` to 0 over the whole run (every
     # warm-up and main phase, by epochs); "constant" keeps it at `lr`. The decoder's is constant.
     lr_schedule: str = "constant"
@@ -118,6 +121,22 @@ class IndexerConfig:
             raise ValueError("lr_schedule must be 'constant' or 'linear'")
         if self.codebook_init not in ("kmeans", "random"):
             raise ValueError("codebook_init must be 'kmeans' or 'random'")
+        if self.lr is not None and self.lr <= 0:
+            raise ValueError("lr must be > 0 (or null: the encoder start's default)")
+
+    def resolve_start(self, self_supervised: bool) -> None:
+        """Fix the "auto" encoder start and the rate that goes with it (a new run, not a resumed
+        one): dense-ft with judgments, MiniLM in the self-supervised mode."""
+        if self.encoder_init == "auto":
+            self.encoder_init = "minilm" if self_supervised else "dense-ft"
+        if self.lr is None:
+            self.lr = 2e-5 if self.encoder_init == "dense-ft" else 5e-5
+
+    @property
+    def encoder_lr(self) -> float:
+        if self.lr is None:
+            raise ValueError("lr is unresolved: call resolve_start first")
+        return self.lr
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)

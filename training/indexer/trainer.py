@@ -189,7 +189,7 @@ class Trainer:
         ]
         self.opt = torch.optim.AdamW(
             [
-                {"params": list(model.upper.parameters()), "lr": self.cfg.lr},
+                {"params": list(model.upper.parameters()), "lr": self.cfg.encoder_lr},
                 {"params": head, "lr": self.cfg.head_lr},
             ],
             weight_decay=0.01,
@@ -204,8 +204,8 @@ class Trainer:
     def encoder_lr(self, epochs_done: float) -> float:
         """The encoder's lr after `epochs_done` epochs of the run (`lr_schedule`)."""
         if self.cfg.lr_schedule == "constant":
-            return self.cfg.lr
-        return self.cfg.lr * max(0.0, 1.0 - epochs_done / self.run_length())
+            return self.cfg.encoder_lr
+        return self.cfg.encoder_lr * max(0.0, 1.0 - epochs_done / self.run_length())
 
     # ---- one batch
     def loss(self, batch: Batch, level: int, main: bool) -> tuple[torch.Tensor, dict[str, float]]:
