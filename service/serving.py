@@ -402,8 +402,7 @@ class SidService:
             op = self.store.preview(pairs)
         sids = await self._bounded(op, self.settings.store_timeout_s, "store")
         self.metrics.stage_seconds.labels("store").observe(time.perf_counter() - t0)
-        if req.upsert:
-            await self._extend_trie(codes)
+        if req.upsert:  # paths new to the catalog join this gateway's trie at once
             await self._follow_store_paths()
         return p.EncodeResponse(
             model_version=self.model_version,
@@ -456,21 +455,10 @@ class SidService:
             codes[idx], vectors[idx] = part_codes, part_vectors
         return codes, vectors
 
-    async def _extend_trie(self, codes: np.ndarray) -> None:
-        """New semantic paths from this gateway's upserts join its trie at once, so queries
-        can reach them (pruning is `follow_store_paths`'s, from the store's own count)."""
-        async with self._trie_lock:
-            paths = np.unique(np.concatenate([self._paths, codes.astype(np.int64)]), axis=0)
-            if len(paths) != len(self._paths):
-                self._set_paths(paths)
-
-    def _set_paths(self, paths: np.ndarray) -> None:
-        self._paths = paths
-        self.batcher.trie = CompactTrie.from_codes(paths, self.bundle.codebook_sizes)
-
     async def _follow_store_paths(self) -> None:
         """After this gateway's upserts and deletes: `follow_store_paths`, best effort (the
-        write is done; a store that stops answering now leaves the trie to the next try)."""
+        write is done; a store that stops answering now leaves the trie to the next write or,
+        with Redis, the next refresh)."""
         try:
             await self.follow_store_paths()
         except StoreUnavailable as exc:
@@ -502,7 +490,8 @@ class SidService:
                 return
             version, paths = await self._bounded(self.store.live_paths(), timeout, "store")
             if len(paths) and not np.array_equal(paths, self._paths):
-                self._set_paths(paths)
+                self._paths = paths
+                self.batcher.trie = CompactTrie.from_codes(paths, self.bundle.codebook_sizes)
             self._path_version = version
 
     async def readiness(self) -> dict[str, str]:

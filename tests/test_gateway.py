@@ -687,6 +687,37 @@ def test_paths_that_other_gateways_upserted_join_the_trie(bundle_dir, redis_serv
         assert new not in c.app.state.service.batcher.trie
 
 
+def test_an_upsert_onto_a_new_path_joins_the_gateways_trie_at_once(bundle_dir):
+    """An item upserted through `/v1/items/encode` onto a path new to the catalog is
+    reachable by this gateway's next query, with no refresh. (The tiny model gives every
+    text the catalog's one path, so its codes are replaced by a chosen new path.)"""
+    import itertools
+
+    bundle = load_bundle(bundle_dir)
+    known = {tuple(q) for q in bundle.semantic_sids.tolist()}
+    sizes = [range(k) for k in bundle.codebook_sizes]
+    new = next(q for q in itertools.product(*sizes) if q not in known)
+    with TestClient(create_app(Settings(bundle=bundle_dir))) as c:
+        service = c.app.state.service
+        encode = service._item_codes
+
+        async def onto_new_path(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+            codes, vectors = await encode(texts)
+            codes[:] = new
+            return codes, vectors
+
+        service._item_codes = onto_new_path
+        assert new not in service.batcher.trie
+        item = {"item_id": "cold-1", "text": "Ridgeway Cordless Drill"}
+        r = c.post("/v1/items/encode", json={"items": [item], "upsert": True})
+        assert r.json()["items"][0]["codes"] == list(new), r.text
+        assert new in service.batcher.trie and all(q in service.batcher.trie for q in known)
+        body = {"query": "drill", "beam_width": 32, "top_k": 32, "candidates": 1000}
+        result = c.post("/v1/query/sids", json=body).json()["results"][0]
+        assert list(new) in [sid["codes"] for sid in result["sids"]]
+        assert "cold-1" in [cand["item_id"] for cand in result["candidates"]]
+
+
 def test_a_path_whose_items_are_all_deleted_leaves_the_tries(bundle_dir, redis_server):
     """Deleting the last item of a semantic path takes the path out of the deleting gateway's
     trie at once (in-process store and Redis) and out of another Redis gateway's within
