@@ -40,7 +40,7 @@ class EncoderGraph(nn.Module):
     only, taken out of the padded (batch, seq) grid into one (tokens, hidden) matrix; the
     attention puts them back in the grid, where each text sees its own tokens. Those products
     are nearly all of the encoder's work, and a micro-batch of queries padded to its longest is
-    about a third padding (docs/gateway.md § Capacity planning). Padded positions of `memory`
+    about a third padding (docs/capacity-log.md). Padded positions of `memory`
     are zeros.
     """
 

@@ -18,7 +18,7 @@ unreachable or unhealthy at start.
 
 Standard library only, so it runs from any Python 3.11. It does not use httpx: on a 2-core
 machine the generator shares the cores with the server it measures, and httpx cost about
-2.3 ms of CPU per request against the gateway's 7.6 (docs/gateway.md § Capacity planning).
+2.3 ms of CPU per request against the gateway's 7.6 (docs/capacity-log.md).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ uvicorn writes a response's head and its body with two `transport.write` calls, 
 syscalls, and on loopback the first already wakes the client for a packet it cannot use yet.
 Here every write made within one turn of the event loop (the head and the body of a response
 are) is joined and handed to the real transport at the end of that turn. One lone query on
-the Zen 2 host: p50 11.13 -> 10.60 ms (docs/gateway.md § Capacity planning, twelfth sitting).
+the Zen 2 host: p50 11.13 -> 10.60 ms (docs/capacity-log.md, twelfth sitting).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ class IndexerConfig:
     # (MiniLM first fine-tuned on the training pairs as the dense-ft baseline is, cached;
     # its lower layers are then the frozen ones) or "auto": dense-ft when training on
     # judgments, minilm in the self-supervised mode (no pairs). The checkpoint records which.
-    # docs/indexer.md § Starting from dense-ft
+    # docs/indexer-experiments.md § Starting from dense-ft
     encoder_init: str = "auto"
     # 1 serves faster than 2 with the same retrieval quality (docs/indexer.md § Model)
     decoder_layers: int = 1
@@ -62,7 +62,7 @@ class IndexerConfig:
     # `judged_negatives_scope` "all": in both InfoNCE terms and the code terms; "dense": in the
     # encoder InfoNCE alone (the dense representation), the decoder and codes never see them.
     # Below 2.0, not 2.5: the 2.0-2.33 pairs are near relatives of the positives, and pushing
-    # them away cost level-1 code agreement (docs/indexer.md § Judged negatives)
+    # them away cost level-1 code agreement (docs/indexer-experiments.md § Judged negatives)
     judged_negatives: int = 1
     negative_threshold: float = 2.0
     judged_negatives_scope: str = "all"
@@ -75,7 +75,7 @@ class IndexerConfig:
     epochs_per_level: list[float] = field(default_factory=lambda: [2.0, 1.5, 1.5])
     # the encoder layers' rate; None: 2e-5 from the dense-ft start (already a good dense model,
     # a lower rate keeps more of it), 5e-5 from MiniLM as shipped. The checkpoint records which.
-    # docs/indexer.md § A lower encoder rate from the dense-ft start
+    # docs/indexer-experiments.md § A lower encoder rate from the dense-ft start
     lr: float | None = None
     # "linear": the encoder's lr falls linearly from `lr` to 0 over the whole run (every
     # warm-up and main phase, by epochs); "constant" keeps it at `lr`. The decoder's is constant.
