@@ -164,3 +164,23 @@ def test_console_script_help_lists_evaluate():
         [sys.executable, "-m", "sidserve.cli", "--help"], capture_output=True, text=True, check=True
     ).stdout
     assert "evaluate" in out
+
+
+def test_relevance_model_mlp_is_recorded_and_an_unknown_one_refused(
+    tmp_path, tiny_catalog, tiny_judgments
+):
+    shape = ["--levels", "2", "--codebook-size", "4", "--beam", "3"]
+    logistic = _evaluate(tmp_path, tiny_catalog, tiny_judgments, "hkmeans", *shape)
+    mlp = _evaluate(
+        tmp_path, tiny_catalog, tiny_judgments, "hkmeans", *shape, "--relevance-model", "mlp"
+    )
+    report = json.loads((tmp_path / "hkmeans.json").read_text())
+    assert report["config"]["relevance_model"] == "mlp"
+    for m in (logistic, mlp):
+        assert 0.0 <= m["auc_dense"] <= 1.0 and 0.0 <= m["auc_dense_sid"] <= 1.0
+    # (that the switch changes the classifier: tests/test_metrics_relevance.py)
+    with pytest.raises(SystemExit):
+        main(
+            ["evaluate", "--method", "bm25", "--catalog", str(tiny_catalog)]
+            + ["--relevance-model", "tree"]
+        )

@@ -63,3 +63,23 @@ def test_auc_is_out_of_fold_so_noise_features_score_chance():
     y = rng.integers(0, 2, 300)
     groups = np.repeat(np.arange(60), 5).astype(str)
     assert abs(relevance_auc(x, y, groups) - 0.5) < 0.08
+
+
+def test_the_mlp_learns_an_interaction_the_linear_model_cannot() -> None:
+    """Relevant when two features share a sign (an XOR of signs): no linear boundary separates
+    it, one hidden layer does. Shows `model` really switches the classifier."""
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, size=(600, 2))
+    y = (x[:, 0] * x[:, 1] > 0).astype(int)
+    groups = np.repeat(np.arange(120), 5).astype(str)
+    linear = relevance_auc(x, y, groups, model="logistic")
+    mlp = relevance_auc(x, y, groups, model="mlp")
+    assert abs(linear - 0.5) < 0.1
+    assert mlp > 0.9
+    assert relevance_auc(x, y, groups, model="mlp") == mlp  # seeded: the same AUC again
+
+
+def test_an_unknown_model_is_refused() -> None:
+    _, groups, labels = _synthetic(n_queries=10)
+    with pytest.raises(ValueError, match="relevance model 'tree'"):
+        relevance_auc(np.zeros((labels.size, 1)), labels, groups, model="tree")

@@ -22,6 +22,7 @@ from training.data import (
 )
 from training.methods import METHODS, EvalContext, MethodResult
 from training.metrics import (
+    RELEVANCE_MODELS,
     RERANK_POOL,
     SID_ORDERS,
     candidate_recall,
@@ -83,6 +84,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--depth", type=int, default=100, help="ranked items kept per query")
     parser.add_argument("--folds", type=int, default=5, help="relevance-model CV folds")
+    parser.add_argument(
+        "--relevance-model",
+        choices=RELEVANCE_MODELS,
+        default="logistic",
+        help="pair classifier of the relevance AUCs: logistic regression (default) or "
+        "DSIRM's small MLP",
+    )
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -124,9 +132,14 @@ def sid_metrics(
 
 
 def relevance_metrics(
-    ctx: EvalContext, result: MethodResult, threshold: float, folds: int, seed: int
+    ctx: EvalContext,
+    result: MethodResult,
+    threshold: float,
+    folds: int,
+    seed: int,
+    model: str = "logistic",
 ) -> dict[str, float]:
-    """DSIRM-style: logistic regression on judged pairs, dense cosine alone vs + SID prefix."""
+    """DSIRM-style: a classifier (`model`) on judged pairs, dense cosine alone vs + SID prefix."""
     queries = ctx.queries
     assert queries is not None and ctx.query_emb is not None
     rows = [(q, i, g) for q, d in enumerate(queries.judged) for i, g in d.items()]
@@ -136,7 +149,7 @@ def relevance_metrics(
     cosine = np.einsum("ij,ij->i", ctx.query_emb[q_idx], ctx.item_emb[i_idx])[:, None]
     out: dict[str, float] = {"relevance_pairs": len(rows)}
     try:
-        out["auc_dense"] = relevance_auc(cosine, labels, q_idx, folds=folds, seed=seed)
+        out["auc_dense"] = relevance_auc(cosine, labels, q_idx, folds, seed, model)
         if result.query_sids is not None and result.item_sids is not None:
             # rows are grouped by query: one prefix_features call per query
             feats = np.concatenate(
@@ -147,7 +160,7 @@ def relevance_metrics(
                 ]
             )
             both = np.concatenate([cosine, feats], axis=1)
-            out["auc_dense_sid"] = relevance_auc(both, labels, q_idx, folds=folds, seed=seed)
+            out["auc_dense_sid"] = relevance_auc(both, labels, q_idx, folds, seed, model)
             out["auc_gain_points"] = 100 * (out["auc_dense_sid"] - out["auc_dense"])
     except ValueError as exc:  # e.g. one class only in a small judgment file
         log.warning("relevance AUC not computed: %s", exc)
@@ -215,7 +228,11 @@ def evaluate(args: argparse.Namespace) -> dict:
         if catalog.categories is not None:
             metrics.update(category_ami(result.item_sids, category_levels(catalog.categories)))
     if queries is not None:
-        metrics.update(relevance_metrics(ctx, result, args.threshold, args.folds, args.seed))
+        metrics.update(
+            relevance_metrics(
+                ctx, result, args.threshold, args.folds, args.seed, args.relevance_model
+            )
+        )
     return {
         "method": args.method,
         "metrics": metrics,

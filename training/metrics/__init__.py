@@ -17,7 +17,7 @@ from __future__ import annotations
 from training.metrics.category import category_ami
 from training.metrics.prefix import matched_depth, prefix_features, prefix_score
 from training.metrics.ranking import top_k
-from training.metrics.relevance import relevance_auc
+from training.metrics.relevance import RELEVANCE_MODELS, relevance_auc
 from training.metrics.retrieval import retrieval_metrics
 from training.metrics.sid_quality import (
     assignment_agreement,
@@ -43,6 +43,7 @@ __all__ = [
     "matched_depth",
     "prefix_features",
     "prefix_score",
+    "RELEVANCE_MODELS",
     "relevance_auc",
     "retrieval_metrics",
     "top_k",

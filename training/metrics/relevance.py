@@ -9,10 +9,26 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import GroupKFold
-from sklearn.pipeline import make_pipeline
+from sklearn.neural_network import MLPClassifier
+from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-__all__ = ["relevance_auc"]
+__all__ = ["RELEVANCE_MODELS", "relevance_auc"]
+
+# the pair classifier: a linear model, or the small MLP of DSIRM's relevance model
+RELEVANCE_MODELS = ("logistic", "mlp")
+MLP_HIDDEN = (32,)
+
+
+def _classifier(model: str, seed: int) -> Pipeline:
+    """Standardised features into a logistic regression or a one-hidden-layer MLP (ReLU,
+    `MLP_HIDDEN` units, Adam, L2 1e-4; seeded, so the same inputs give the same AUC)."""
+    if model == "logistic":
+        return make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+    if model == "mlp":
+        mlp = MLPClassifier(hidden_layer_sizes=MLP_HIDDEN, max_iter=1000, random_state=seed)
+        return make_pipeline(StandardScaler(), mlp)
+    raise ValueError(f"relevance model {model!r}: expected one of {', '.join(RELEVANCE_MODELS)}")
 
 
 def _group_kfold(folds: int, seed: int) -> GroupKFold:
@@ -27,15 +43,16 @@ def relevance_auc(
     groups: Sequence[str] | np.ndarray,
     folds: int = 5,
     seed: int = 0,
+    model: str = "logistic",
 ) -> float:
-    """ROC AUC of pooled out-of-fold logistic-regression probabilities.
+    """ROC AUC of pooled out-of-fold probabilities of the `model` classifier (`_classifier`).
 
-    ``features`` is ``(n, f)``, ``labels`` binary (0/1), ``groups`` the query of each row. A
-    Pipeline(StandardScaler, LogisticRegression(max_iter=1000)) is cross-validated with
-    GroupKFold over ``groups`` (shuffled with ``seed`` where scikit-learn supports it), so a
-    query's pairs never straddle train and test; the AUC is computed once over all out-of-fold
-    probabilities. Raises ValueError on a single class, fewer distinct groups than folds, or a
-    training fold holding only one class.
+    ``features`` is ``(n, f)``, ``labels`` binary (0/1), ``groups`` the query of each row. The
+    classifier (standardised features into a logistic regression or a small MLP) is
+    cross-validated with GroupKFold over ``groups`` (shuffled with ``seed`` where scikit-learn
+    supports it), so a query's pairs never straddle train and test; the AUC is computed once
+    over all out-of-fold probabilities. Raises ValueError on a single class, fewer distinct
+    groups than folds, a training fold holding only one class, or an unknown `model`.
     """
     x = np.asarray(features, dtype=np.float64)
     y = np.asarray(labels)
@@ -54,6 +71,7 @@ def relevance_auc(
         raise ValueError("labels hold only one class; AUC is undefined")
     if folds < 2:
         raise ValueError(f"folds must be >= 2, got {folds}")
+    _classifier(model, seed)  # an unknown model name fails before any fitting
     n_groups = np.unique(g).size
     if n_groups < folds:
         raise ValueError(f"only {n_groups} distinct groups for {folds} folds; need >= {folds}")
@@ -62,7 +80,7 @@ def relevance_auc(
     for fold, (train, test) in enumerate(_group_kfold(folds, seed).split(x, y, g)):
         if np.unique(y[train]).size < 2:
             raise ValueError(f"training part of fold {fold} holds only one class")
-        model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
-        model.fit(x[train], y[train])
-        oof[test] = model.predict_proba(x[test])[:, 1]
+        clf = _classifier(model, seed)
+        clf.fit(x[train], y[train])
+        oof[test] = clf.predict_proba(x[test])[:, 1]
     return float(roc_auc_score(y, oof))
