@@ -278,7 +278,7 @@ def test_linear_lr_schedule_falls_over_the_whole_run_and_resumes_where_it_was(to
 def test_constant_lr_schedule_and_unknown_schedules(toy, trained):
     t = trained["trainer"]  # the default schedule
     assert t.cfg.lr_schedule == "constant"
-    assert t.encoder_lr(0.0) == t.encoder_lr(t.run_length()) == t.cfg.lr
+    assert t.encoder_lr_after(0.0) == t.encoder_lr_after(t.run_length()) == t.cfg.lr
     assert t.opt.param_groups[0]["lr"] == t.cfg.lr
     with pytest.raises(ValueError, match="lr_schedule"):
         IndexerConfig(lr_schedule="cosine")

@@ -201,7 +201,7 @@ class Trainer:
         """Epochs of the whole run: every level's warm-up and main phase."""
         return self.cfg.levels * self.cfg.warmup_epochs + sum(self.cfg.epochs_per_level)
 
-    def encoder_lr(self, epochs_done: float) -> float:
+    def encoder_lr_after(self, epochs_done: float) -> float:
         """The encoder's lr after `epochs_done` epochs of the run (`lr_schedule`)."""
         if self.cfg.lr_schedule == "constant":
             return self.cfg.encoder_lr
@@ -303,7 +303,9 @@ class Trainer:
         sums: dict[str, float] = {}
         bar = tqdm(flat, desc=desc, unit="batch")
         for n, batch in enumerate(bar, 1):
-            self.opt.param_groups[0]["lr"] = self.encoder_lr(self.epochs_done + (n - 1) / first)
+            self.opt.param_groups[0]["lr"] = self.encoder_lr_after(
+                self.epochs_done + (n - 1) / first
+            )
             total, parts = self.loss(batch, level, main)
             self.opt.zero_grad()
             total.backward()
