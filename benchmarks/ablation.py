@@ -4,10 +4,11 @@ trained on the Home Depot train split and evaluated on its dev split by `sidserv
 
     python benchmarks/ablation.py [--variants full no-kl ...] [--reuse full=runs/indexer]
 
-Each training takes about 50 minutes on the 2-core CPU machine, so the script is resumable: a
-variant whose checkpoint under --runs has all its levels trained is not trained again, and its
-evaluation reports are reused when they are newer than the checkpoint. Variants not run yet
-are listed as such in the table. Writes benchmarks/results/ablation.md.
+Each training takes 20 to 60 minutes on a 2-core CPU host (docs/indexer.md § Training time),
+so the script is resumable: a variant whose checkpoint under --runs has all its levels trained
+is not trained again, and its evaluation reports are reused when they are newer than the
+checkpoint. Variants not run yet are listed as such in the table. Writes --out (default
+benchmarks/results/ablation.md).
 """
 
 from __future__ import annotations

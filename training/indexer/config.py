@@ -28,7 +28,8 @@ class IndexerConfig:
     max_item_tokens: int = 48
     code_temperature: float = 0.1  # softmax temperature of code logits (cosine to codebook)
     # the KL and commitment terms' code temperature (None: code_temperature); the balancing
-    # term and inference keep code_temperature (docs/indexer.md § Ablations)
+    # term and inference keep code_temperature (docs/indexer-experiments.md § Ablations under
+    # earlier defaults)
     code_loss_temperature: float | None = None
     # the decoder's first input: "pooled" = masked mean of the encoder states (MiniLM's own
     # sentence embedding, so step 1 starts from a good dense representation) or "learned" = one
