@@ -137,7 +137,7 @@ def relevance_metrics(
     threshold: float,
     folds: int,
     seed: int,
-    model: str = "logistic",
+    model: str,
 ) -> dict[str, float]:
     """DSIRM-style: a classifier (`model`) on judged pairs, dense cosine alone vs + SID prefix."""
     queries = ctx.queries

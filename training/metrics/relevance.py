@@ -23,12 +23,10 @@ MLP_HIDDEN = (32,)
 def _classifier(model: str, seed: int) -> Pipeline:
     """Standardised features into a logistic regression or a one-hidden-layer MLP (ReLU,
     `MLP_HIDDEN` units, Adam, L2 1e-4; seeded, so the same inputs give the same AUC)."""
-    if model == "logistic":
-        return make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
     if model == "mlp":
         mlp = MLPClassifier(hidden_layer_sizes=MLP_HIDDEN, max_iter=1000, random_state=seed)
         return make_pipeline(StandardScaler(), mlp)
-    raise ValueError(f"relevance model {model!r}: expected one of {', '.join(RELEVANCE_MODELS)}")
+    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
 
 
 def _group_kfold(folds: int, seed: int) -> GroupKFold:
@@ -71,7 +69,9 @@ def relevance_auc(
         raise ValueError("labels hold only one class; AUC is undefined")
     if folds < 2:
         raise ValueError(f"folds must be >= 2, got {folds}")
-    _classifier(model, seed)  # an unknown model name fails before any fitting
+    if model not in RELEVANCE_MODELS:
+        known = ", ".join(RELEVANCE_MODELS)
+        raise ValueError(f"relevance model {model!r}: expected one of {known}")
     n_groups = np.unique(g).size
     if n_groups < folds:
         raise ValueError(f"only {n_groups} distinct groups for {folds} folds; need >= {folds}")
